@@ -1,0 +1,42 @@
+"""`swinkit` command line: one sub-command per job, each defined next to the code it runs.
+
+Each module named below provides `add_arguments(parser, command)` and `run(args) -> int | None`; it is imported only
+when its command runs, so `swinkit models` needs nothing beyond torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {  # name -> (module, help)
+    "models": ("swinkit.measure", "list every variant with measured parameters and FLOPs"),
+    "train": ("swinkit.train", "train or fine-tune (embedded digits dataset when --data is not given)"),
+    "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on an image folder"),
+    "predict": ("swinkit.predict", "classify image files with a checkpoint"),
+    "inspect": ("swinkit.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
+    "convert": ("swinkit.checkpoint", "convert a checkpoint between formats"),
+    "bench": ("swinkit.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),
+    "viz": ("swinkit.viz", "draw windows, masks, position bias, attention, receptive field, complexity"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="swinkit", description="Swin Transformer V1/V2 toolkit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help or the usage error
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    cmd = argparse.ArgumentParser(prog=f"swinkit {argv[0]}", description=COMMANDS[argv[0]][1])
+    module.add_arguments(cmd, argv[0])
+    args = cmd.parse_args(argv[1:])
+    args.command = argv[0]
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

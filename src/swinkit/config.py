@@ -1,0 +1,169 @@
+"""SwinConfig: one validated dataclass for Swin V1 and V2, and the table of named variants."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(x) for x in v)
+    if len(v) != 2:
+        raise ValueError(f"expected an int or an (h, w) pair, got {v!r}")
+    return v
+
+
+def _per_stage(v, n: int, what: str) -> tuple[tuple[int, int], ...]:
+    """int | (h, w) | [one int or (h, w) per stage] -> n (h, w) pairs. Two ints always mean (h, w)."""
+    if isinstance(v, int) or (len(v) == 2 and all(isinstance(x, int) for x in v)):
+        return (_pair(v),) * n
+    v = list(v)
+    if len(v) != n:
+        raise ValueError(f"{what}: expected one entry per stage ({n}), got {len(v)}: {v!r}")
+    return tuple(_pair(x) for x in v)
+
+
+@dataclass
+class SwinConfig:
+    """Everything needed to build a Swin V1 or V2 model. Sizes are (h, w) where a pair is allowed."""
+
+    name: str = "custom"
+    version: int = 1                      # 1: pre-norm + bias table; 2: res-post-norm + cosine attn + CPB
+    img_size: int | tuple[int, int] = 224  # default resolution (FLOPs, absolute pos-embed grid); any size runs
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: Any = 7                  # int, (h, w), or one per stage
+    pretrained_window_sizes: Any = 0      # V2: window of the pre-training run, per stage (0 = same as window)
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    shift: bool = True                    # ablation: False disables shifted windows
+    pos_embed: str = "relative"           # ablation: none | absolute | relative | absolute+relative
+    fused_attn: bool = True               # scaled_dot_product_attention instead of explicit softmax
+
+    def __post_init__(self):
+        self.img_size = _pair(self.img_size)
+        self.depths = tuple(int(d) for d in self.depths)
+        self.num_heads = tuple(int(h) for h in self.num_heads)
+        n = len(self.depths)
+        if n == 0 or len(self.num_heads) != n:
+            raise ValueError(
+                f"depths and num_heads need one entry per stage and equal length, "
+                f"got depths={self.depths} num_heads={self.num_heads}")
+        self.window_size = _per_stage(self.window_size, n, "window_size")
+        self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes")
+        if self.version not in (1, 2):
+            raise ValueError(f"version must be 1 or 2, got {self.version}")
+        if self.pos_embed not in POS_EMBED_CHOICES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
+        for i, (d, h) in enumerate(zip(self.depths, self.num_heads)):
+            dim = self.embed_dim * 2**i
+            if d < 1 or h < 1 or dim % h:
+                raise ValueError(
+                    f"stage {i}: width embed_dim*2**{i}={dim} must be divisible by num_heads[{i}]={h} "
+                    f"and depth must be >= 1 (got depth {d})")
+        if min(min(w) for w in self.window_size) < 1 or self.patch_size < 1 or self.in_chans < 1:
+            raise ValueError("window_size, patch_size and in_chans must be >= 1")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "SwinConfig":
+        if name not in VARIANTS:
+            raise ValueError(f"unknown model {name!r}; choose one of swinkit.list_models(): {list_models()}")
+        kwargs = {**VARIANTS[name]["config"], "name": name}
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(cls)]}")
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SwinConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, s: str) -> "SwinConfig":
+        return cls.from_dict(json.loads(s))
+
+
+def _v1(c, depths, window, img, params=None, gflops=None, **kw):
+    cfg = dict(version=1, embed_dim=c, depths=depths, num_heads=tuple(c // 32 * 2**i for i in range(4)),
+               window_size=window, img_size=img, **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gflops)
+
+
+def _v2(c, depths, window, img, params=None, gflops=None, heads=None, **kw):
+    cfg = dict(version=2, embed_dim=c, depths=depths, num_heads=heads or tuple(c // 32 * 2**i for i in range(4)),
+               window_size=window, img_size=img, **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gflops)
+
+
+_T, _L = (2, 2, 6, 2), (2, 2, 18, 2)
+_22K = dict(num_classes=21841)
+_DP = lambda r: dict(drop_path_rate=r)  # noqa: E731  (stochastic depth of the official recipes)
+
+# name -> config, with the figures the papers / official model hub publish (params in M, FLOPs in GMACs).
+VARIANTS: dict[str, dict] = {
+    "swin_tiny_patch4_window7_224": _v1(96, _T, 7, 224, 28.3, 4.5, **_DP(0.2)),
+    "swin_small_patch4_window7_224": _v1(96, _L, 7, 224, 49.6, 8.7, **_DP(0.3)),
+    "swin_base_patch4_window7_224": _v1(128, _L, 7, 224, 87.8, 15.4, **_DP(0.5)),
+    "swin_large_patch4_window7_224": _v1(192, _L, 7, 224, 196.5, 34.5, **_DP(0.2)),
+    "swin_base_patch4_window12_384": _v1(128, _L, 12, 384, 87.9, 47.1, **_DP(0.5)),
+    "swin_large_patch4_window12_384": _v1(192, _L, 12, 384, 196.7, 103.9, **_DP(0.2)),
+    "swinv2_tiny_window8_256": _v2(96, _T, 8, 256, 28.3, 5.9, **_DP(0.2)),
+    "swinv2_small_window8_256": _v2(96, _L, 8, 256, 49.7, 11.5, **_DP(0.3)),
+    "swinv2_base_window8_256": _v2(128, _L, 8, 256, 87.9, 20.3, **_DP(0.5)),
+    "swinv2_tiny_window16_256": _v2(96, _T, 16, 256, 28.3, 6.6, **_DP(0.2)),
+    "swinv2_small_window16_256": _v2(96, _L, 16, 256, 49.7, 12.6, **_DP(0.3)),
+    "swinv2_base_window16_256": _v2(128, _L, 16, 256, 87.9, 21.8, **_DP(0.5)),
+    "swinv2_base_window12_192": _v2(128, _L, 12, 192, **_22K, **_DP(0.2)),
+    "swinv2_large_window12_192": _v2(192, _L, 12, 192, **_22K, **_DP(0.2)),
+    "swinv2_base_window12to16_192to256": _v2(
+        128, _L, 16, 256, 87.9, 21.8, pretrained_window_sizes=(12, 12, 12, 6), **_DP(0.2)),
+    "swinv2_base_window12to24_192to384": _v2(
+        128, _L, 24, 384, 87.9, 54.7, pretrained_window_sizes=(12, 12, 12, 6), **_DP(0.2)),
+    "swinv2_large_window12to16_192to256": _v2(
+        192, _L, 16, 256, 196.7, 47.5, pretrained_window_sizes=(12, 12, 12, 6), **_DP(0.2)),
+    "swinv2_large_window12to24_192to384": _v2(
+        192, _L, 24, 384, 196.7, 115.4, pretrained_window_sizes=(12, 12, 12, 6), **_DP(0.2)),
+    # SwinV2-H / -G (V2 paper, Table 1): configurations only, no public weights.
+    "swinv2_huge_window12_192": _v2(352, _L, 12, 192, **_DP(0.2)),
+    "swinv2_giant_window12_192": _v2(512, (2, 2, 42, 4), 12, 192, **_DP(0.2)),
+}
+
+ALIASES = {
+    "swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224", "swin_l": "swin_large_patch4_window7_224",
+    "swinv2_t": "swinv2_tiny_window8_256", "swinv2_s": "swinv2_small_window8_256",
+    "swinv2_b": "swinv2_base_window8_256", "swinv2_l": "swinv2_large_window12to16_192to256",
+}
+for _alias, _target in ALIASES.items():
+    VARIANTS[_alias] = VARIANTS[_target]
+
+
+def list_models() -> list[str]:
+    """Every variant name (the timm names of the published checkpoints, then the short aliases)."""
+    return list(VARIANTS)

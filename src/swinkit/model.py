@@ -1,0 +1,469 @@
+"""Swin Transformer V1 and V2 in one file, bottom-up: window helpers -> attention -> block -> patch merging
+-> stage -> model. Any input size works: windows are clamped, shifts disabled and padding added per axis
+from the feature map seen at run time, and padded tokens are masked out as attention keys."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import SwinConfig
+
+Pair = tuple[int, int]
+REGION_MASK = -100.0  # between tokens of different shift regions, as in the papers' code
+PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at least one real key)
+CACHE_SIZE = 128
+
+
+# ----------------------------------------------------------------------------------------------------------
+# window helpers
+
+
+def window_partition(x: torch.Tensor, win: Pair) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, wh*ww, C); H and W must be multiples of the window."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // win[0], win[0], W // win[1], win[1], C)  # (B, nh, wh, nw, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, win[0] * win[1], C)  # (B*nh*nw, wh*ww, C)
+
+
+def window_reverse(windows: torch.Tensor, win: Pair, H: int, W: int) -> torch.Tensor:
+    """(B*nW, wh*ww, C) -> (B, H, W, C); inverse of window_partition."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // win[0], W // win[1], win[0], win[1], C)  # (B, nh, nw, wh, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+def window_and_shift(feat: Pair, window: Pair, shift: bool) -> tuple[Pair, Pair]:
+    """Per axis: a map no larger than the window is one window, unshifted; otherwise shift = window // 2."""
+    win = tuple(min(f, w) for f, w in zip(feat, window))
+    sh = tuple(w // 2 if (shift and f > w) else 0 for f, w in zip(feat, window))
+    return win, sh
+
+
+def padded_size(feat: Pair, win: Pair) -> Pair:
+    return tuple(math.ceil(f / w) * w for f, w in zip(feat, win))
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
+    """(Hp, Wp) region label of each position of the padded map, before the cyclic shift is undone.
+
+    After rolling by -shift, the last `shift` rows/columns hold tokens that wrapped around from the
+    top/left edge; they share a window with tokens that are not their neighbours, so each window is
+    split into up to 3x3 regions and attention is restricted to tokens of the same region.
+    """
+    Hp, Wp = padded_size(feat, win)
+    labels = []
+    for size, w, s in ((Hp, win[0], shift[0]), (Wp, win[1], shift[1])):
+        lab = torch.zeros(size, dtype=torch.long, device=device)
+        if s:
+            lab[size - w: size - s] = 1
+            lab[size - s:] = 2
+        labels.append(lab)
+    return labels[0][:, None] * 3 + labels[1][None, :]
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor | None:
+    """Additive mask (nW, N, N) for the shifted, padded map: REGION_MASK across regions, PAD_MASK on padded
+    keys; None when neither applies."""
+    Hp, Wp = padded_size(feat, win)
+    has_pad = (Hp, Wp) != tuple(feat)
+    if not any(shift) and not has_pad:
+        return None
+    region = shift_regions(feat, win, shift, device)[..., None].float()  # (Hp, Wp, 1)
+    region = window_partition(region[None], win)[..., 0]  # (nW, N)
+    mask = torch.where(region[:, None, :] != region[:, :, None], REGION_MASK, 0.0)  # (nW, N, N)
+    if has_pad:
+        real = torch.zeros(Hp, Wp, device=device)
+        real[feat[0]:, :] = 1
+        real[:, feat[1]:] = 1
+        real = torch.roll(real, (-shift[0], -shift[1]), (0, 1))[None, ..., None]  # (1, Hp, Wp, 1)
+        is_pad = window_partition(real, win)[..., 0].bool()  # (nW, N)
+        mask = mask.masked_fill(is_pad[:, None, :], PAD_MASK)
+    return mask
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def relative_position_index(win: Pair, table_win: Pair, device: torch.device) -> torch.Tensor:
+    """(N, N) index into a (2*Th-1)*(2*Tw-1) table for the offsets inside a win window (win <= table_win),
+    so a clamped window uses the learned entries of the same offsets."""
+    coords = torch.stack(torch.meshgrid(torch.arange(win[0]), torch.arange(win[1]), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N), offsets in [-(w-1), w-1]
+    return ((rel[0] + table_win[0] - 1) * (2 * table_win[1] - 1) + rel[1] + table_win[1] - 1).to(device)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> torch.Tensor:
+    """V2: ((2wh-1)*(2ww-1), 2) log-spaced relative coordinates, normalised by the pre-training window
+    (or this window when none is given) exactly as the official V2 code does."""
+    axes = [torch.arange(-(w - 1), w, dtype=torch.float32) for w in win]
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (2wh-1, 2ww-1, 2)
+    norm = [p if p > 0 else w for p, w in zip(pretrained_win, win)]
+    table = table / torch.tensor([max(n - 1, 1) for n in norm], dtype=torch.float32) * 8
+    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    return table.view(-1, 2).to(device)
+
+
+def clear_caches() -> None:
+    for f in (shift_regions, attention_mask, relative_position_index, log_spaced_coords):
+        f.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# attention
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a relative position bias.
+
+    V1: scaled dot product + learned bias table ((2M-1)^2, heads). V2: cosine similarity times a learned,
+    clamped per-head scale + continuous position bias (2-layer MLP on log-spaced offsets, 16*sigmoid);
+    q and v biases only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: Pair, cfg: SwinConfig, pretrained_window: Pair):
+        super().__init__()
+        self.dim, self.num_heads, self.window = dim, num_heads, tuple(window)
+        self.pretrained_window = tuple(pretrained_window)
+        self.v2, self.fused = cfg.version == 2, cfg.fused_attn
+        self.use_rel_pos = cfg.pos_embed in ("relative", "absolute+relative")
+        self.scale = (dim // num_heads) ** -0.5
+        if self.v2:
+            self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True),
+                                         nn.Linear(512, num_heads, bias=False))
+            self.qkv = nn.Linear(dim, dim * 3, bias=False)
+            self.q_bias = nn.Parameter(torch.zeros(dim)) if cfg.qkv_bias else None
+            self.v_bias = nn.Parameter(torch.zeros(dim)) if cfg.qkv_bias else None
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=cfg.qkv_bias)
+            if self.use_rel_pos:
+                table = torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), num_heads)
+                self.relative_position_bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+        self.attn_drop = cfg.attn_drop_rate
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(cfg.drop_rate)
+
+    def position_bias(self, win: Pair) -> torch.Tensor | None:
+        """(heads, N, N) relative position bias for a (possibly clamped) window `win`."""
+        if not self.use_rel_pos:
+            return None
+        N = win[0] * win[1]
+        if self.v2:
+            device = self.cpb_mlp[0].weight.device
+            table = self.cpb_mlp(log_spaced_coords(win, self.pretrained_window, device))  # ((2w-1)^2, heads)
+            index = relative_position_index(win, win, device)
+            return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))
+        table = self.relative_position_bias_table
+        index = relative_position_index(win, self.window, table.device)
+        return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
+
+    def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B*nW, N, C) windows; mask: (nW, N, N) additive or None. Returns (B*nW, N, C)."""
+        Bw, N, C = x.shape
+        bias = None if not self.v2 or self.q_bias is None else torch.cat(
+            (self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias if self.v2 else self.qkv.bias)
+        q, k, v = qkv.view(Bw, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B*nW, h, N, d)
+        if self.v2:  # cosine attention; the clamped logit scale is folded into the normalised queries
+            logit_scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (h, 1, 1)
+            q, k, scale = F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), 1.0
+        else:
+            scale = self.scale
+        attn_bias = self.position_bias(win)  # (h, N, N) or None
+        if mask is not None:
+            nW = mask.shape[0]
+            mask = mask[:, None]  # (nW, 1, N, N)
+            attn_bias = mask if attn_bias is None else attn_bias + mask  # (nW, h, N, N)
+            # (B, nW, h, N, d): the bias broadcasts over the batch without a copy
+            q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, -1) for t in (q, k, v))
+        drop = self.attn_drop if self.training else 0.0
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=scale)
+        else:
+            attn = (q * scale) @ k.transpose(-2, -1)
+            if attn_bias is not None:
+                attn = attn + attn_bias
+            out = F.dropout(attn.softmax(-1), drop) @ v
+        out = out.reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# block
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability p."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(nn.Module):
+    """(S)W-MSA + MLP. V1 pre-norm: x + f(norm(x)); V2 res-post-norm: x + norm(f(x))."""
+
+    def __init__(self, dim: int, num_heads: int, window: Pair, shift: bool, drop_path: float,
+                 cfg: SwinConfig, pretrained_window: Pair):
+        super().__init__()
+        self.window, self.shift, self.v2 = tuple(window), shift, cfg.version == 2
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, cfg, pretrained_window)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.drop_rate)
+
+    def attention_mask(self, H: int, W: int, device: torch.device) -> torch.Tensor | None:
+        """The (nW, N, N) additive mask this block uses on an (H, W) map (from the shared cache)."""
+        win, shift = window_and_shift((H, W), self.window, self.shift)
+        return attention_mask((H, W), win, shift, device)
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        win, shift = window_and_shift((H, W), self.window, self.shift)
+        Hp, Wp = padded_size((H, W), win)
+        # pad before the shift so the regions and the padding mask line up with the official layout
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        if any(shift):
+            x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+        mask = attention_mask((H, W), win, shift, x.device)
+        x = window_reverse(self.attn(window_partition(x, win), win, mask), win, Hp, Wp)  # (B, Hp, Wp, C)
+        if any(shift):
+            x = torch.roll(x, shift, (1, 2))
+        return x[:, :H, :W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        if self.v2:
+            x = x + self.drop_path(self.norm1(self._attention(x)))
+            return x + self.drop_path(self.norm2(self.mlp(x)))
+        x = x + self.drop_path(self._attention(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patch embedding and merging
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> linear embedding (a strided conv) -> LayerNorm. Pads odd sizes."""
+
+    def __init__(self, cfg: SwinConfig):
+        super().__init__()
+        self.patch_size, self.in_chans = cfg.patch_size, cfg.in_chans
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, ceil(H/p), ceil(W/p), D)."""
+        p = self.patch_size
+        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours concatenated (x0, x1, x2, x3 order of the official code) -> 4C -> 2C.
+    V1: LayerNorm(4C) then Linear; V2: Linear then LayerNorm(2C)."""
+
+    def __init__(self, dim: int, v2: bool):
+        super().__init__()
+        self.v2 = v2
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim if v2 else 4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
+        B, H, W, C = x.shape
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = x.view(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C)  # (B, H/2, dy, W/2, dx, C)
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, (H + 1) // 2, (W + 1) // 2, 4 * C)  # order (dx, dy)
+        return self.norm(self.reduction(x)) if self.v2 else self.reduction(self.norm(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stage and model
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging (every stage but the first) followed by `depth` blocks alternating W-MSA and
+    SW-MSA."""
+
+    def __init__(self, cfg: SwinConfig, i: int, drop_path: list[float]):
+        super().__init__()
+        dim = cfg.embed_dim * 2**i
+        self.downsample = PatchMerging(dim // 2, cfg.version == 2) if i > 0 else nn.Identity()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, cfg.num_heads[i], cfg.window_size[i], cfg.shift and j % 2 == 1, drop_path[j], cfg,
+                      cfg.pretrained_window_sizes[i])
+            for j in range(cfg.depths[i]))
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int, drop: float):
+        super().__init__()
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, H, W, C) -> global average pool -> (B, num_classes), or (B, C) with pre_logits."""
+        x = self.drop(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.fc(x)
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer V1/V2 classifier and backbone. Input (B, in_chans, H, W) of any H, W >= patch_size."""
+
+    def __init__(self, cfg: SwinConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes, self.num_features = cfg.num_classes, cfg.num_features
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.pos_embed in ("absolute", "absolute+relative"):
+            grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
+            self.absolute_pos_embed = nn.Parameter(
+                nn.init.trunc_normal_(torch.zeros(1, cfg.embed_dim, *grid), std=0.02))
+        else:
+            self.absolute_pos_embed = None
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()  # linear stochastic depth
+        starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
+        self.layers = nn.ModuleList(
+            SwinStage(cfg, i, rates[s:s + d]) for i, (s, d) in enumerate(zip(starts, cfg.depths)))
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self.apply(self._init_weights)
+        if cfg.version == 2:  # res-post-norm starts as identity residuals
+            for blk in self.blocks():
+                for norm in (blk.norm1, blk.norm2):
+                    nn.init.zeros_(norm.weight)
+                    nn.init.zeros_(norm.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def blocks(self) -> list[SwinBlock]:
+        return [blk for layer in self.layers for blk in layer.blocks]
+
+    # ---- the timm-style interface
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: position tables and embeddings, V2 logit scale and CPB
+        MLP, norms and biases."""
+        keys = ("absolute_pos_embed", "relative_position_bias_table", "logit_scale", "cpb_mlp")
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or any(k in n for k in keys)}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        device = self.norm.weight.device
+        self.head.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head.fc.apply(self._init_weights)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        c, p = self.cfg.in_chans, self.cfg.patch_size
+        expected = f"a (B, {c}, H, W) float tensor with H, W >= {p} (patch_size)"
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            hint = " (add a batch dimension with x[None])" if isinstance(x, torch.Tensor) and x.ndim == 3 else ""
+            raise ValueError(f"expected {expected}, got shape {shape}{hint}")
+        if x.shape[1] != c:
+            raise ValueError(f"expected {expected}, got {x.shape[1]} channels in shape {tuple(x.shape)}"
+                             f"{' (channels-last? use x.permute(0, 3, 1, 2))' if x.shape[-1] == c else ''}")
+        if x.shape[2] < p or x.shape[3] < p:
+            raise ValueError(f"expected {expected}, got shape {tuple(x.shape)}: smaller than one patch")
+        if not x.is_floating_point():
+            raise ValueError(f"expected {expected}, got dtype {x.dtype} (convert with x.float())")
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        x = self.patch_embed(x)  # (B, H/p, W/p, C)
+        if self.absolute_pos_embed is not None:
+            pos = self.absolute_pos_embed
+            if pos.shape[-2:] != x.shape[1:3]:
+                pos = F.interpolate(pos, size=x.shape[1:3], mode="bicubic", align_corners=False)
+            x = x + pos.permute(0, 2, 3, 1)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/32, W/32, 8C) normalised last-stage map (sizes rounded up)."""
+        x = self._embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def forward_pyramid(self, x: torch.Tensor, out_indices=(0, 1, 2, 3)) -> list[torch.Tensor]:
+        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (for the default patch size)."""
+        n = len(self.layers)
+        if any(not -n <= i < n for i in out_indices):
+            raise ValueError(f"out_indices must be stage indices in [0, {n}), got {tuple(out_indices)}")
+        wanted = {i % n for i in out_indices}
+        x, outs = self._embed(x), {}
+        for i, layer in enumerate(self.layers[:max(wanted) + 1]):
+            x = layer(x)
+            if i in wanted:
+                outs[i] = x.permute(0, 3, 1, 2).contiguous()
+        return [outs[i % n] for i in out_indices]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_classes) logits."""
+        return self.forward_head(self.forward_features(x))
+
+
+def create_model(name: str, pretrained: bool | str = False, checkpoint: str | None = None,
+                 **overrides) -> SwinTransformer:
+    """Build a named variant; keyword overrides are SwinConfig fields (num_classes=10, drop_path_rate=0.1).
+
+    `checkpoint=PATH` or `pretrained=True` load weights (see swinkit.checkpoint)."""
+    if checkpoint is not None or pretrained:
+        from .checkpoint import load_into_named  # model code stays importable without checkpoint I/O
+
+        return load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
+    return SwinTransformer(SwinConfig.from_name(name, **overrides))
