@@ -150,8 +150,8 @@ VARIANTS: dict[str, dict] = {
     "swinv2_large_window12to24_192to384": _v2(
         192, _L, 24, 384, 196.7, 115.4, pretrained_window_sizes=(12, 12, 12, 6), **_DP(0.2)),
     # SwinV2-H / -G (V2 paper, Table 1): configurations only, no public weights.
-    "swinv2_huge_window12_192": _v2(352, _L, 12, 192, **_DP(0.2)),
-    "swinv2_giant_window12_192": _v2(512, (2, 2, 42, 4), 12, 192, **_DP(0.2)),
+    "swinv2_huge_window12_192": _v2(352, _L, 12, 192, 658.0, **_DP(0.2)),
+    "swinv2_giant_window12_192": _v2(512, (2, 2, 42, 4), 12, 192, 3000.0, **_DP(0.2)),
 }
 
 ALIASES = {

@@ -148,6 +148,8 @@ class WindowAttention(nn.Module):
         self.attn_drop = cfg.attn_drop_rate
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(cfg.drop_rate)
+        # opt-in for `swinkit viz attention`: take the explicit path and keep the softmax probabilities
+        self.keep_attn, self.last_attn = False, None  # last_attn: (B*nW, h, N, N) or (B, nW, h, N, N)
 
     def position_bias(self, win: Pair) -> torch.Tensor | None:
         """(heads, N, N) relative position bias for a (possibly clamped) window `win`."""
@@ -183,13 +185,16 @@ class WindowAttention(nn.Module):
             # (B, nW, h, N, d): the bias broadcasts over the batch without a copy
             q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, -1) for t in (q, k, v))
         drop = self.attn_drop if self.training else 0.0
-        if self.fused:
+        if self.fused and not self.keep_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=scale)
         else:
             attn = (q * scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
                 attn = attn + attn_bias
-            out = F.dropout(attn.softmax(-1), drop) @ v
+            attn = attn.softmax(-1)
+            if self.keep_attn:
+                self.last_attn = attn.detach()
+            out = F.dropout(attn, drop) @ v
         out = out.reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(out))
 
@@ -360,7 +365,8 @@ class SwinTransformer(nn.Module):
         else:
             self.absolute_pos_embed = None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()  # linear stochastic depth
+        n = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear stochastic depth
         starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
         self.layers = nn.ModuleList(
             SwinStage(cfg, i, rates[s:s + d]) for i, (s, d) in enumerate(zip(starts, cfg.depths)))

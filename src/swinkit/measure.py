@@ -1,0 +1,58 @@
+"""Parameter and FLOP counts measured from the models themselves, and the `swinkit models` table."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import ALIASES, VARIANTS, SwinConfig
+from .model import SwinTransformer
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: torch.nn.Module, img_size: tuple[int, int], batch: int = 1) -> int:
+    """Multiply-accumulates of one forward pass (the papers' "FLOPs"): matmuls, convolutions, attention."""
+    param = next(model.parameters())
+    x = torch.zeros(batch, model.cfg.in_chans, *img_size, device=param.device, dtype=param.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def measure_variant(name: str, **overrides) -> dict:
+    """Build `name` on the meta device (no memory, no init cost) and count its parameters and MACs at its
+    default resolution, next to the figures its paper / model hub publishes."""
+    cfg = SwinConfig.from_name(name, **overrides)
+    with torch.device("meta"):
+        model = SwinTransformer(cfg)
+    return dict(name=name, version=cfg.version, img_size=cfg.img_size[0], window=cfg.window_size[0][0],
+                embed_dim=cfg.embed_dim, depths=list(cfg.depths),
+                params_m=count_params(model) / 1e6, gmacs=count_macs(model.eval(), cfg.img_size) / 1e9,
+                paper_params_m=VARIANTS[name]["paper_params_m"], paper_gmacs=VARIANTS[name]["paper_gmacs"])
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--aliases", action="store_true", help="also list the short aliases (swin_t, ...)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n for n in VARIANTS if args.aliases or n not in ALIASES]
+    rows = [measure_variant(n) for n in names]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"{'model':36} {'V':>1} {'size':>4} {'win':>3} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
+    for r in rows:
+        print(f"{r['name']:36} {r['version']:>1} {r['img_size']:>4} {r['window']:>3} {r['params_m']:>10.1f} "
+              f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
+    print("params with the default head; GMACs = multiply-adds of one image at the default size (measured "
+          "live with torch.utils.flop_counter); paper = figure published by the Swin papers / official model hub")
+    return 0
