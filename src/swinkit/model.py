@@ -30,13 +30,6 @@ def window_partition(x: torch.Tensor, win: Pair) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, win[0] * win[1], C)  # (B*nh*nw, wh*ww, C)
 
 
-def window_reverse(windows: torch.Tensor, win: Pair, H: int, W: int) -> torch.Tensor:
-    """(B*nW, wh*ww, C) -> (B, H, W, C); inverse of window_partition."""
-    C = windows.shape[-1]
-    x = windows.view(-1, H // win[0], W // win[1], win[0], win[1], C)  # (B, nh, nw, wh, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
-
-
 def window_and_shift(feat: Pair, window: Pair, shift: bool) -> tuple[Pair, Pair]:
     """Per axis: a map no larger than the window is one window, unshifted; otherwise shift = window // 2."""
     win = tuple(min(f, w) for f, w in zip(feat, window))
@@ -46,6 +39,21 @@ def window_and_shift(feat: Pair, window: Pair, shift: bool) -> tuple[Pair, Pair]
 
 def padded_size(feat: Pair, win: Pair) -> Pair:
     return tuple(math.ceil(f / w) * w for f, w in zip(feat, win))
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that replace pad -> roll -> partition and its reverse by one copy each way.
+
+    to_windows (nW*N,): for each token in window order, its position in the flattened padded (Hp, Wp) map
+    after the cyclic shift; from_windows (H*W,): for each real position of the (H, W) map, its window slot.
+    """
+    Hp, Wp = padded_size(feat, win)
+    pos = torch.roll(torch.arange(Hp * Wp, device=device).view(1, Hp, Wp, 1), (-shift[0], -shift[1]), (1, 2))
+    to_windows = window_partition(pos, win).flatten()  # (nW*N,)
+    slot = torch.empty_like(to_windows)
+    slot[to_windows] = torch.arange(to_windows.numel(), device=device)
+    return to_windows, slot.view(Hp, Wp)[:feat[0], :feat[1]].flatten()
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -68,24 +76,29 @@ def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> t
 
 
 @lru_cache(maxsize=CACHE_SIZE)
+def window_labels(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
+    """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..8),
+    or -1 for padding."""
+    pad = torch.ones(padded_size(feat, win), dtype=torch.bool, device=device)
+    pad[:feat[0], :feat[1]] = False
+    pad = torch.roll(pad, (-shift[0], -shift[1]), (0, 1))  # padding moves with the cyclic shift
+    labels = shift_regions(feat, win, shift, device).masked_fill(pad, -1)  # regions live in the rolled frame
+    return window_partition(labels[None, ..., None], win)[..., 0]  # (nW, N)
+
+
+def mask_from_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(n, N) window labels -> (n, N, N) additive mask: REGION_MASK across regions, PAD_MASK on padded keys."""
+    mask = torch.where(labels[:, None, :] != labels[:, :, None], REGION_MASK, 0.0)  # (n, N query, N key)
+    return mask.masked_fill(labels[:, None, :] < 0, PAD_MASK)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor | None:
     """Additive mask (nW, N, N) for the shifted, padded map: REGION_MASK across regions, PAD_MASK on padded
     keys; None when neither applies."""
-    Hp, Wp = padded_size(feat, win)
-    has_pad = (Hp, Wp) != tuple(feat)
-    if not any(shift) and not has_pad:
+    if not any(shift) and padded_size(feat, win) == tuple(feat):
         return None
-    region = shift_regions(feat, win, shift, device)[..., None].float()  # (Hp, Wp, 1)
-    region = window_partition(region[None], win)[..., 0]  # (nW, N)
-    mask = torch.where(region[:, None, :] != region[:, :, None], REGION_MASK, 0.0)  # (nW, N, N)
-    if has_pad:
-        real = torch.zeros(Hp, Wp, device=device)
-        real[feat[0]:, :] = 1
-        real[:, feat[1]:] = 1
-        real = torch.roll(real, (-shift[0], -shift[1]), (0, 1))[None, ..., None]  # (1, Hp, Wp, 1)
-        is_pad = window_partition(real, win)[..., 0].bool()  # (nW, N)
-        mask = mask.masked_fill(is_pad[:, None, :], PAD_MASK)
-    return mask
+    return mask_from_labels(window_labels(feat, win, shift, device))
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -110,7 +123,8 @@ def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> 
 
 
 def clear_caches() -> None:
-    for f in (shift_regions, attention_mask, relative_position_index, log_spaced_coords):
+    for f in (window_order, shift_regions, window_labels, attention_mask, relative_position_index,
+              log_spaced_coords):
         f.cache_clear()
 
 
@@ -149,7 +163,8 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(cfg.drop_rate)
         # opt-in for `swinkit viz attention`: take the explicit path and keep the softmax probabilities
-        self.keep_attn, self.last_attn = False, None  # last_attn: (B*nW, h, N, N) or (B, nW, h, N, N)
+        self.keep_attn, self.last_attn = False, None  # last_attn: (B, nW, h, N, N)
+        self._bias_cache: dict = {}
 
     def position_bias(self, win: Pair) -> torch.Tensor | None:
         """(heads, N, N) relative position bias for a (possibly clamped) window `win`."""
@@ -165,37 +180,59 @@ class WindowAttention(nn.Module):
         index = relative_position_index(win, self.window, table.device)
         return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
 
-    def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B*nW, N, C) windows; mask: (nW, N, N) additive or None. Returns (B*nW, N, C)."""
-        Bw, N, C = x.shape
-        bias = None if not self.v2 or self.q_bias is None else torch.cat(
-            (self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias if self.v2 else self.qkv.bias)
-        q, k, v = qkv.view(Bw, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B*nW, h, N, d)
+    def attention_bias(self, win: Pair, mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Position bias plus mask for `batch` images: (B*nW, h, N, N) with a mask, else (1, h, N, N).
+
+        The mask is expanded over the batch so that q, k, v stay views of the qkv projection in the
+        (B*nW, h, N, d) layout that scaled_dot_product_attention's fused kernel takes (4-D bias required)."""
+        bias = self.position_bias(win)  # (h, N, N) or None
+        if mask is None:
+            return None if bias is None else bias[None]
+        bias = mask[:, None] if bias is None else bias + mask[:, None]  # (nW, h or 1, N, N)
+        nW, _, N, _ = bias.shape
+        return bias.expand(batch, nW, self.num_heads, N, N).reshape(batch * nW, self.num_heads, N, N)
+
+    def _cached_attention_bias(self, win: Pair, mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """attention_bias, computed once per (window, mask, batch) in inference and reused while the
+        position parameters are unchanged (their version counters are part of the key)."""
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.attention_bias(win, mask, batch)
+        key, versions = (win, id(mask), batch), tuple(p._version for p in self._position_params())
+        hit = self._bias_cache.get(key)
+        if hit is None or hit[0] is not mask or hit[1] != versions:
+            if len(self._bias_cache) >= 4:
+                self._bias_cache.clear()
+            hit = self._bias_cache[key] = (mask, versions, self.attention_bias(win, mask, batch))
+        return hit[2]
+
+    def _position_params(self) -> list[torch.Tensor]:
+        if not self.use_rel_pos:
+            return []
+        return list(self.cpb_mlp.parameters()) if self.v2 else [self.relative_position_bias_table]
+
+    def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None, cache: bool = True) -> torch.Tensor:
+        """x: (B, nW, N, C) windows of B images; mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
+        B, nW, N, C = x.shape
+        h = self.num_heads
+        qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias)) \
+            if self.v2 and self.q_bias is not None else self.qkv.bias
+        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(B * nW, N, 3, h, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, h, N, d) views
+        scale = self.scale
         if self.v2:  # cosine attention; the clamped logit scale is folded into the normalised queries
             logit_scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (h, 1, 1)
             q, k, scale = F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), 1.0
-        else:
-            scale = self.scale
-        attn_bias = self.position_bias(win)  # (h, N, N) or None
-        if mask is not None:
-            nW = mask.shape[0]
-            mask = mask[:, None]  # (nW, 1, N, N)
-            attn_bias = mask if attn_bias is None else attn_bias + mask  # (nW, h, N, N)
-            # (B, nW, h, N, d): the bias broadcasts over the batch without a copy
-            q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, -1) for t in (q, k, v))
+        bias = self._cached_attention_bias(win, mask, B) if cache else self.attention_bias(win, mask, B)
         drop = self.attn_drop if self.training else 0.0
         if self.fused and not self.keep_attn:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=scale)
         else:
             attn = (q * scale) @ k.transpose(-2, -1)
-            if attn_bias is not None:
-                attn = attn + attn_bias
-            attn = attn.softmax(-1)
+            attn = (attn if bias is None else attn + bias).softmax(-1)  # (B*nW, h, N, N)
             if self.keep_attn:
-                self.last_attn = attn.detach()
+                self.last_attn = attn.detach().view(B, nW, h, N, N)
             out = F.dropout(attn, drop) @ v
-        out = out.reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
+        out = out.transpose(1, 2).reshape(B, nW, N, C)  # (B*nW, N, h, d) is the fused kernel's memory order
         return self.proj_drop(self.proj(out))
 
 
@@ -237,6 +274,7 @@ class SwinBlock(nn.Module):
                  cfg: SwinConfig, pretrained_window: Pair):
         super().__init__()
         self.window, self.shift, self.v2 = tuple(window), shift, cfg.version == 2
+        self.attn_chunk_mb = cfg.attn_chunk_mb
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window, cfg, pretrained_window)
         self.drop_path = DropPath(drop_path)
@@ -249,18 +287,31 @@ class SwinBlock(nn.Module):
         return attention_mask((H, W), win, shift, device)
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C): pad to a window multiple, cyclic shift, partition, attend, and back.
+        Padding comes before the shift so regions and padding mask match the official layout; shift and
+        partition (and their reverse) are one precomputed gather each."""
         B, H, W, C = x.shape
         win, shift = window_and_shift((H, W), self.window, self.shift)
         Hp, Wp = padded_size((H, W), win)
-        # pad before the shift so the regions and the padding mask line up with the official layout
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        if any(shift):
-            x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
-        mask = attention_mask((H, W), win, shift, x.device)
-        x = window_reverse(self.attn(window_partition(x, win), win, mask), win, Hp, Wp)  # (B, Hp, Wp, C)
-        if any(shift):
-            x = torch.roll(x, shift, (1, 2))
-        return x[:, :H, :W]
+        to_windows, from_windows = window_order((H, W), win, shift, x.device)
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B, Hp * Wp, C)
+        windows = x.index_select(1, to_windows).view(B, -1, win[0] * win[1], C)  # (B, nW, N, C)
+        out = self._window_attention(windows, (H, W), win, shift)
+        return out.view(B, -1, C).index_select(1, from_windows).view(B, H, W, C)
+
+    def _window_attention(self, windows: torch.Tensor, feat: Pair, win: Pair, shift: Pair) -> torch.Tensor:
+        """(B, nW, N, C) -> (B, nW, N, C). Windows go through attention in chunks whose attention matrices
+        and bias fit in cfg.attn_chunk_mb (the V2 paper's sequential self-attention for huge inputs)."""
+        B, nW, N, C = windows.shape
+        per_window = windows.element_size() * self.attn.num_heads * N * N * 2 * B  # logits + bias
+        chunk = max(1, int(self.attn_chunk_mb * 2**20 // per_window))
+        if chunk >= nW:
+            return self.attn(windows, win, attention_mask(feat, win, shift, windows.device))
+        needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
+        labels = window_labels(feat, win, shift, windows.device) if needs_mask else None
+        return torch.cat([self.attn(windows[:, i:i + chunk], win,
+                                    mask_from_labels(labels[i:i + chunk]) if needs_mask else None, cache=False)
+                          for i in range(0, nW, chunk)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
