@@ -23,6 +23,12 @@ CACHE_SIZE = 128
 # window helpers
 
 
+def _cached(fn):
+    """Bounded cache for pure functions of sizes and device. Results are normal tensors even when first
+    asked for under torch.inference_mode, so the same cached mask also serves training."""
+    return lru_cache(maxsize=CACHE_SIZE)(torch.inference_mode(False)(fn))
+
+
 def window_partition(x: torch.Tensor, win: Pair) -> torch.Tensor:
     """(B, H, W, C) -> (B*nW, wh*ww, C); H and W must be multiples of the window."""
     B, H, W, C = x.shape
@@ -41,7 +47,7 @@ def padded_size(feat: Pair, win: Pair) -> Pair:
     return tuple(math.ceil(f / w) * w for f, w in zip(feat, win))
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that replace pad -> roll -> partition and its reverse by one copy each way.
 
@@ -56,7 +62,7 @@ def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tu
     return to_windows, slot.view(Hp, Wp)[:feat[0], :feat[1]].flatten()
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(Hp, Wp) region label of each position of the padded map, before the cyclic shift is undone.
 
@@ -75,7 +81,7 @@ def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> t
     return labels[0][:, None] * 3 + labels[1][None, :]
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def window_labels(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..8),
     or -1 for padding."""
@@ -92,7 +98,7 @@ def mask_from_labels(labels: torch.Tensor) -> torch.Tensor:
     return mask.masked_fill(labels[:, None, :] < 0, PAD_MASK)
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor | None:
     """Additive mask (nW, N, N) for the shifted, padded map: REGION_MASK across regions, PAD_MASK on padded
     keys; None when neither applies."""
@@ -101,7 +107,7 @@ def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> 
     return mask_from_labels(window_labels(feat, win, shift, device))
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def relative_position_index(win: Pair, table_win: Pair, device: torch.device) -> torch.Tensor:
     """(N, N) index into a (2*Th-1)*(2*Tw-1) table for the offsets inside a win window (win <= table_win),
     so a clamped window uses the learned entries of the same offsets."""
@@ -110,7 +116,7 @@ def relative_position_index(win: Pair, table_win: Pair, device: torch.device) ->
     return ((rel[0] + table_win[0] - 1) * (2 * table_win[1] - 1) + rel[1] + table_win[1] - 1).to(device)
 
 
-@lru_cache(maxsize=CACHE_SIZE)
+@_cached
 def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> torch.Tensor:
     """V2: ((2wh-1)*(2ww-1), 2) log-spaced relative coordinates, normalised by the pre-training window
     (or this window when none is given) exactly as the official V2 code does."""
