@@ -11,7 +11,7 @@ SIZES = [(64, 64), (45, 70), (97, 33), (8, 8)]
 
 
 def _pair(version: int, **fast):
-    ref = randomize_(SwinTransformer(tiny_config(version=version, fused_attn=False, attn_chunk_mb=1e9))).eval()
+    ref = randomize_(SwinTransformer(tiny_config(version=version, fused_attn=False, chunk_mb=1e9))).eval()
     fast_model = SwinTransformer(tiny_config(version=version, **fast)).eval()
     fast_model.load_state_dict(ref.state_dict())
     return ref, fast_model
@@ -35,7 +35,7 @@ def test_fused_cached_inference_matches_reference(version):
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_chunked_attention_matches_reference(version):
-    ref, chunked = _pair(version, attn_chunk_mb=0.01)  # ~10 KB: a few windows per attention call
+    ref, chunked = _pair(version, chunk_mb=0.01)  # ~10 KB: a few windows per attention call
     calls = []
     chunked.layers[0].blocks[1].attn.register_forward_hook(lambda *_: calls.append(1))
     x = torch.randn(2, 3, 97, 33)  # stage 0: 25x9 map -> 7x3 = 21 windows of 4x4
@@ -82,7 +82,7 @@ def test_compiled_model_fullgraph_matches_reference(version):
         compiled = torch.compile(fast, fullgraph=True, dynamic=False, backend="eager")
     else:  # the real inductor code path, on a shallow model to keep the test short
         ref, fast = (SwinTransformer(tiny_config(version=2, depths=(1, 1), num_heads=(2, 4), fused_attn=f,
-                                                 attn_chunk_mb=1e9)).eval() for f in (False, True))
+                                                 chunk_mb=1e9)).eval() for f in (False, True))
         randomize_(ref)
         fast.load_state_dict(ref.state_dict())
         compiled = torch.compile(fast, fullgraph=True, dynamic=False)

@@ -51,7 +51,7 @@ class SwinConfig:
     shift: bool = True                    # ablation: False disables shifted windows
     pos_embed: str = "relative"           # ablation: none | absolute | relative | absolute+relative
     fused_attn: bool = True               # scaled_dot_product_attention instead of explicit softmax
-    attn_chunk_mb: float = 1024           # memory budget of one attention call; more windows run in chunks
+    chunk_mb: float = 256            # memory budget of one attention / MLP call; larger inputs run in chunks
 
     def __post_init__(self):
         self.img_size = _pair(self.img_size)

@@ -206,7 +206,7 @@ class WindowAttention(nn.Module):
         key, versions = (win, id(mask), batch), tuple(p._version for p in self._position_params())
         hit = self._bias_cache.get(key)
         if hit is None or hit[0] is not mask or hit[1] != versions:
-            if len(self._bias_cache) >= 4:
+            if len(self._bias_cache) >= 2:
                 self._bias_cache.clear()
             hit = self._bias_cache[key] = (mask, versions, self.attention_bias(win, mask, batch))
         return hit[2]
@@ -264,13 +264,28 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float):
+    """Linear -> GELU -> Linear. Tokens go through in chunks whose hidden activations fit in `chunk_mb`, so
+    a huge map never holds its full 4x-wide hidden layer at once (same result either way)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float, chunk_mb: float):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.chunk_mb = chunk_mb
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        """(..., C) -> (..., C)."""
+        tokens = int(self.chunk_mb * 2**20 // (2 * self.fc1.out_features * x.element_size()))  # hidden + GELU
+        if x.numel() // x.shape[-1] <= tokens:
+            return self._mlp(x)
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape)
+        for i in range(0, flat.shape[0], tokens):
+            out[i:i + tokens] = self._mlp(flat[i:i + tokens])
+        return out.view(x.shape)
 
 
 class SwinBlock(nn.Module):
@@ -280,12 +295,12 @@ class SwinBlock(nn.Module):
                  cfg: SwinConfig, pretrained_window: Pair):
         super().__init__()
         self.window, self.shift, self.v2 = tuple(window), shift, cfg.version == 2
-        self.attn_chunk_mb = cfg.attn_chunk_mb
+        self.chunk_mb = cfg.chunk_mb
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window, cfg, pretrained_window)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.drop_rate)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.drop_rate, cfg.chunk_mb)
 
     def attention_mask(self, H: int, W: int, device: torch.device) -> torch.Tensor | None:
         """The (nW, N, N) additive mask this block uses on an (H, W) map (from the shared cache)."""
@@ -307,17 +322,19 @@ class SwinBlock(nn.Module):
 
     def _window_attention(self, windows: torch.Tensor, feat: Pair, win: Pair, shift: Pair) -> torch.Tensor:
         """(B, nW, N, C) -> (B, nW, N, C). Windows go through attention in chunks whose attention matrices
-        and bias fit in cfg.attn_chunk_mb (the V2 paper's sequential self-attention for huge inputs)."""
+        and bias fit in cfg.chunk_mb (the V2 paper's sequential self-attention for huge inputs)."""
         B, nW, N, C = windows.shape
         per_window = windows.element_size() * self.attn.num_heads * N * N * 2 * B  # logits + bias
-        chunk = max(1, int(self.attn_chunk_mb * 2**20 // per_window))
+        chunk = max(1, int(self.chunk_mb * 2**20 // per_window))
         if chunk >= nW:
             return self.attn(windows, win, attention_mask(feat, win, shift, windows.device))
         needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
         labels = window_labels(feat, win, shift, windows.device) if needs_mask else None
-        return torch.cat([self.attn(windows[:, i:i + chunk], win,
-                                    mask_from_labels(labels[i:i + chunk]) if needs_mask else None, cache=False)
-                          for i in range(0, nW, chunk)], dim=1)
+        out = windows.new_empty(windows.shape)
+        for i in range(0, nW, chunk):
+            mask = mask_from_labels(labels[i:i + chunk]) if needs_mask else None
+            out[:, i:i + chunk] = self.attn(windows[:, i:i + chunk], win, mask, cache=False)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""

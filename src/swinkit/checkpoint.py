@@ -1,0 +1,623 @@
+"""Checkpoint files: load any public Swin checkpoint (format detected, config inferred), transfer it to another
+window / resolution / head / input channels, save swinkit checkpoints, download the official weights, and
+the `swinkit inspect` / `swinkit convert` commands.
+
+Pickle files are read with torch.load(weights_only=True) only: a file that needs arbitrary Python objects is
+refused, never executed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+
+from .config import ALIASES, VARIANTS, SwinConfig
+from .convert import (FORMATS, STRUCTURE, detect_format, effective_windows, from_swinkit, infer_config,
+                      to_swinkit)
+from .model import SwinTransformer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the requested model; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading files safely
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+MAIN_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "model_ema_state_dict", "ema_state_dict")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def _sniff(path: Path) -> str:
+    """'zip' | 'pickle' | 'safetensors' from the first bytes, or a CheckpointError."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): expected a checkpoint. Re-download or re-save it.")
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[0] == 0x80:
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    raise CheckpointError(f"{path} is not a checkpoint: expected a PyTorch file (.pth/.pt/.bin) or a "
+                          f".safetensors file, but it starts with {head[:8]!r}")
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}). Re-download or re-save it.") \
+                from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        detail = [line.strip() for line in str(e).split("error:")[-1].splitlines() if line.strip()]
+        what = (f"needs arbitrary Python objects to unpickle ({found[1]})" if found else
+                f"uses pickle features the safe loader refuses ({detail[0] if detail else 'unsupported'})")
+        raise CheckpointError(
+            f"{path} {what}; unpickling it could run code, so it was not loaded. Ask for a safetensors version "
+            "of it, or, if you trust its source, re-save its tensors once with "
+            "safetensors.torch.save_file(state_dict, 'weights.safetensors').") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}). Re-download or re-save it.") \
+            from None
+
+
+def _safetensors_load(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is a truncated or corrupt safetensors file ({_first_line(e)}). "
+                              "Re-download or re-save it.") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _read_weights(path: Path) -> tuple[object, dict]:
+    """(loaded object, safetensors metadata)."""
+    if _sniff(path) == "safetensors":
+        return _safetensors_load(path)
+    return _torch_load(path), {}
+
+
+def _read_dir(path: Path) -> tuple[object, dict, Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():  # sharded Hugging Face checkpoint
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        merged = {}
+        for shard in shards:
+            merged.update(_read_weights(path / shard)[0])
+        return merged, {}, index
+    file = next((path / n for n in WEIGHT_FILES if (path / n).exists()), None)
+    if file is None:
+        raise CheckpointError(f"{path} is a directory without weights: expected one of {', '.join(WEIGHT_FILES)}")
+    return *_read_weights(file), file
+
+
+def _unwrap(obj, use_ema: bool, path: Path) -> dict:
+    """The state dict inside a training checkpoint or wrapper dict, wrapper prefixes stripped."""
+    keys = EMA_KEYS + MAIN_KEYS if use_ema else MAIN_KEYS + EMA_KEYS
+    if use_ema and not (isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in EMA_KEYS)):
+        top = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path} holds no EMA weights (looked for {', '.join(EMA_KEYS)}; found {top})")
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((k for k in keys if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = obj[inner]
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not sd:
+        what = f"a dict with keys {list(obj)[:10]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"{path} holds {what}, not a state dict: expected a dict of tensors, possibly under "
+                              f"one of {', '.join(MAIN_KEYS)}")
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what files beside the weights (and their names) say about the config
+
+
+def _uniform(v):
+    """A per-stage list of equal entries -> the entry (so it fits any number of stages)."""
+    return v[0] if isinstance(v, list) and v and all(x == v[0] for x in v) else v
+
+
+def _known_from_name(name: str) -> dict:
+    """Config fields from a file or architecture name: a variant name, or '..._window12to16_192to256...'."""
+    name = name.split(".")[0]
+    if name in VARIANTS:
+        return SwinConfig.from_name(name).to_dict()
+    m = re.search(r"window(\d+)(?:to(\d+))?_(\d+)(?:to(\d+))?", name)
+    return {"window_size": int(m[2] or m[1]), "img_size": int(m[4] or m[3])} if m else {}
+
+
+def _known_from_hf(c: dict) -> tuple[dict, list | None]:
+    known = dict(version=2 if c["model_type"] == "swinv2" else 1, img_size=c.get("image_size"),
+                 patch_size=c.get("patch_size"), in_chans=c.get("num_channels"), embed_dim=c.get("embed_dim"),
+                 depths=c.get("depths"), num_heads=c.get("num_heads"), window_size=c.get("window_size"),
+                 mlp_ratio=c.get("mlp_ratio"), qkv_bias=c.get("qkv_bias"),
+                 pretrained_window_sizes=c.get("pretrained_window_sizes"))
+    labels = c.get("id2label") or {}
+    names = [labels[k] for k in sorted(labels, key=int)]
+    default = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    return known, None if default or not names else names
+
+
+def _known_from_timm(c: dict) -> tuple[dict, list | None]:
+    known = _known_from_name(c["architecture"])
+    args = c.get("model_args") or {}
+    known.update({k: args[k] for k in ("embed_dim", "depths", "num_heads", "window_size", "img_size", "in_chans",
+                                       "patch_size", "mlp_ratio", "qkv_bias", "pretrained_window_sizes") if k in args})
+    names = c.get("label_names")
+    return known, list(names) if isinstance(names, (list, tuple)) else None
+
+
+def _side_info(weights: Path, obj, meta: dict) -> tuple[dict, list | None, bool]:
+    """(known config fields, class names, written by swinkit) from the checkpoint's own metadata, a config
+    JSON beside it, or its file name."""
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "embed_dim" in obj["config"]:
+        return obj["config"], obj.get("class_names"), True  # swinkit training checkpoint
+    if "swinkit_config" in meta:
+        return json.loads(meta["swinkit_config"]), json.loads(meta.get("class_names", "null")), True
+    for side in (weights.with_suffix(".json"), weights.parent / "config.json"):
+        try:
+            c = json.loads(side.read_text()) if side.exists() and side != weights else None
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(c, dict):
+            continue
+        if "embed_dim" in c and "depths" in c and "model_type" not in c:
+            return c, c.get("class_names"), True  # swinkit's config beside its .safetensors
+        if c.get("model_type") in ("swin", "swinv2"):
+            return (*_known_from_hf(c), False)
+        if "swin" in str(c.get("architecture", "")):
+            return (*_known_from_timm(c), False)
+    return _known_from_name(weights.name), None, False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a checkpoint read into swinkit's layout
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    format: str
+    state_dict: dict  # swinkit layout
+    config: SwinConfig  # inferred
+    guessed: list[str]  # config fields the checkpoint does not record
+    class_names: list[str] | None
+    unknown: list[str]  # keys with no place in swinkit
+    ignored: list[str]  # keys of a larger model (detector heads) that were dropped
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.format}, Swin V{self.config.version})"
+
+
+def read_checkpoint(path, use_ema: bool = False, strict: bool = True, known: dict | None = None) -> Checkpoint:
+    """Read any supported checkpoint into swinkit's layout and infer its config. `known`: config fields to
+    assume where the checkpoint records nothing (e.g. the window of a bare timm V2 state dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    obj, meta, weights = _read_dir(path) if path.is_dir() else (*_read_weights(path), path)
+    side, class_names, ours = _side_info(weights, obj, meta)
+    sd = _unwrap(obj, use_ema, path)
+    try:
+        fmt = detect_format(sd)
+        imp = to_swinkit(sd, fmt, strict)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    side = {k: _uniform(v) for k, v in side.items()}
+    try:
+        cfg, guessed = infer_config(imp.state_dict, imp.buffers, {**(known or {}), **side})
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: could not infer a Swin configuration from its weights ({e})") from None
+    return Checkpoint(path, "swinkit" if ours else fmt, imp.state_dict, cfg, guessed, class_names,
+                      imp.unknown, imp.ignored)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transfer to a model of another window, resolution, head or input channels
+
+
+ARCHITECTURE = STRUCTURE + ("mlp_ratio", "qkv_bias")  # what a checkpoint's tensors fix
+
+
+def _target_config(src: SwinConfig, overrides: dict, base: SwinConfig | None = None) -> SwinConfig:
+    """The model to build: `base` (a named variant) or the checkpoint's config, with `overrides`; windows the
+    checkpoint already clamped stay as they are, and V2 remembers the windows it was pre-trained with."""
+    d = (base or src).to_dict()
+    if base is not None:  # the checkpoint decides the head and input channels unless asked otherwise
+        d.update(num_classes=src.num_classes, in_chans=src.in_chans)
+    cfg = SwinConfig.from_dict({**d, **overrides})
+    wrong = [k for k in ARCHITECTURE if getattr(cfg, k) != getattr(src, k)]
+    if wrong:
+        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
+        raise CheckpointError(f"the checkpoint is a different architecture: {diff}. Load it without a model name, "
+                              "with swinkit.load_model(path), or pick a matching variant.")
+    wins = list(cfg.window_size)
+    if "window_size" not in overrides:  # a stage the checkpoint clamped that this model clamps the same way
+        eff = effective_windows(cfg)
+        wins = [s if e == s else w for w, e, s in zip(wins, eff, src.window_size)]
+    pre = list(cfg.pretrained_window_sizes)
+    if cfg.version == 2 and "pretrained_window_sizes" not in overrides:
+        pre = [p if w == s or any(p) else s  # a changed window keeps the checkpoint's pre-training window
+               for w, s, p in zip(wins, src.window_size, src.pretrained_window_sizes)]
+    return dataclasses.replace(cfg, window_size=wins, pretrained_window_sizes=pre)
+
+
+def _resize_table(table: torch.Tensor, src: tuple, dst: tuple) -> torch.Tensor:
+    """V1 bias table ((2h-1)(2w-1), heads) resized bicubically to another window, as the official fine-tuning
+    does."""
+    heads = table.shape[1]
+    grid = table.T.reshape(1, heads, 2 * src[0] - 1, 2 * src[1] - 1)
+    grid = F.interpolate(grid, size=(2 * dst[0] - 1, 2 * dst[1] - 1), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, -1).T.contiguous()
+
+
+def _adapt_in_chans(w: torch.Tensor, chans: int) -> torch.Tensor:
+    """Patch-embedding filters (D, c, p, p) for another number of input channels: summed for one channel (a
+    gray image then gives what its RGB copy gave), otherwise repeated cyclically and scaled by c/chans (timm's
+    convention, keeping the activation scale)."""
+    if chans == 1:
+        return w.sum(1, keepdim=True)
+    return w.repeat(1, math.ceil(chans / w.shape[1]), 1, 1)[:, :chans] * (w.shape[1] / chans)
+
+
+def _class_map(class_map) -> list[int]:
+    """Class indices from a file (one integer per line, e.g. the official map22kto1k.txt) or a sequence."""
+    if isinstance(class_map, (str, os.PathLike)):
+        text = Path(class_map).read_text()
+        try:
+            return [int(line) for line in text.split()]
+        except ValueError:
+            raise CheckpointError(f"{class_map}: expected one integer class index per line") from None
+    return [int(i) for i in class_map]
+
+
+def _fit(ckpt: Checkpoint, cfg: SwinConfig, class_map) -> tuple[dict, bool]:
+    """The checkpoint's tensors shaped for a model of `cfg`. Returns (state dict, head left out)."""
+    sd, src = dict(ckpt.state_dict), ckpt.config
+    head_out = "head.fc.weight" in sd and (cfg.num_classes != src.num_classes or class_map is not None)
+    if head_out and class_map is not None:
+        idx = _class_map(class_map)
+        if len(idx) != cfg.num_classes or max(idx) >= src.num_classes or min(idx) < 0:
+            raise CheckpointError(f"class map has {len(idx)} indices in [{min(idx)}, {max(idx)}]; expected "
+                                  f"{cfg.num_classes} indices below the checkpoint's {src.num_classes} classes")
+        sd["head.fc.weight"], sd["head.fc.bias"] = sd["head.fc.weight"][idx], sd["head.fc.bias"][idx]
+        head_out = False
+    elif head_out:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        if cfg.num_classes:
+            warnings.warn(f"{ckpt.describe()} has a {src.num_classes}-class head, the model {cfg.num_classes} "
+                          "classes: the head is freshly initialised (train it before use)", stacklevel=3)
+    if src.in_chans != cfg.in_chans:
+        sd["patch_embed.proj.weight"] = _adapt_in_chans(sd["patch_embed.proj.weight"], cfg.in_chans)
+        warnings.warn(f"{ckpt.describe()} takes {src.in_chans} input channels, the model {cfg.in_chans}: the patch "
+                      f"embedding filters were {'summed' if cfg.in_chans == 1 else 'repeated and rescaled'}",
+                      stacklevel=3)
+    for k, v in list(sd.items()):
+        i = int(k.split(".")[1]) if k.startswith("layers.") else None
+        if k.endswith("relative_position_bias_table") and src.window_size[i] != cfg.window_size[i]:
+            sd[k] = _resize_table(v, src.window_size[i], cfg.window_size[i])
+    grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
+    if "absolute_pos_embed" in sd and list(sd["absolute_pos_embed"].shape[-2:]) != grid:
+        sd["absolute_pos_embed"] = F.interpolate(sd["absolute_pos_embed"], size=grid, mode="bicubic",
+                                                 align_corners=False)
+    return sd, head_out
+
+
+def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_map=None) -> SwinTransformer:
+    """A model of `cfg` holding the checkpoint's weights (transferred where they differ), in eval mode."""
+    sd, head_out = _fit(ckpt, cfg, class_map)
+    with torch.device("meta"):  # shapes only: initialising weights the checkpoint replaces is wasted work
+        model = SwinTransformer(cfg)
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{ckpt.describe()}: tensors do not fit the model: {', '.join(bad[:8])}")
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    reported = [k for k in missing if not (head_out and k.startswith("head."))]
+    if reported or unexpected:
+        msg = f"{ckpt.describe()}: missing keys {reported[:12]}, unexpected keys {unexpected[:12]}"
+        if strict:
+            raise CheckpointError(msg + " (load with strict=False to accept this)")
+        warnings.warn(msg, stacklevel=3)
+    if missing:  # some weights start from their initialisation
+        model = SwinTransformer(cfg)
+        model.load_state_dict(sd, strict=False)
+    else:
+        model.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()}, assign=True)
+    names = ckpt.class_names
+    if names and class_map is not None:
+        names = [names[i] for i in _class_map(class_map)]
+    if names and len(names) == cfg.num_classes:
+        model.class_names = list(names)
+    return model.eval()
+
+
+def _check_overrides(overrides: dict) -> dict:
+    fields = {f.name for f in dataclasses.fields(SwinConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {sorted(fields)}")
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _warn_guesses(ckpt: Checkpoint, overrides: dict) -> None:
+    if ckpt.config.version == 2 and "window_size" in ckpt.guessed and "window_size" not in overrides:
+        w = ckpt.config.window_size[0]
+        warnings.warn(f"{ckpt.describe()} does not record its window size; assuming {w} (as "
+                      f"{ckpt.config.name if ckpt.config.name != 'custom' else 'the default'}). Pass window_size=... "
+                      "if it was trained with another.", stacklevel=3)
+
+
+def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=None, **overrides) -> SwinTransformer:
+    """Load any supported checkpoint (official, timm, torchvision, Hugging Face directory, mmdet backbone,
+    swinkit) with its format detected and config inferred; keyword overrides are SwinConfig fields and
+    transfer the weights (window/resolution, num_classes, in_chans). `class_map`: class indices (or a file of
+    them) selecting head rows, e.g. the official map22kto1k.txt. Returns the model in eval mode."""
+    overrides = _check_overrides(overrides)
+    if class_map is not None:
+        overrides.setdefault("num_classes", len(_class_map(class_map)))
+    hints = {k: overrides[k] for k in ("window_size", "img_size") if k in overrides}
+    ckpt = read_checkpoint(path, use_ema=use_ema, strict=strict, known=hints)
+    _warn_guesses(ckpt, overrides)
+    return build_model(ckpt, _target_config(ckpt.config, overrides), strict, class_map)
+
+
+def load_into_named(name: str, checkpoint=None, pretrained: bool | str = False, **overrides) -> SwinTransformer:
+    """create_model(name, checkpoint=... | pretrained=True): the named variant with a checkpoint's weights
+    (the official release weights for pretrained=True, or the URL given as pretrained='https://...')."""
+    strict, use_ema, class_map = (overrides.pop(k, d) for k, d in (("strict", True), ("use_ema", False),
+                                                                  ("class_map", None)))
+    base = SwinConfig.from_name(name, **overrides)
+    overrides = _check_overrides(overrides)
+    if checkpoint is None:
+        checkpoint = download_pretrained(name, pretrained if isinstance(pretrained, str) else None)
+    if class_map is not None:
+        overrides.setdefault("num_classes", len(_class_map(class_map)))
+    hints = {k: _uniform(base.to_dict()[k]) for k in ("window_size", "img_size")}
+    ckpt = read_checkpoint(checkpoint, use_ema=use_ema, strict=strict, known=hints)
+    return build_model(ckpt, _target_config(ckpt.config, overrides, base), strict, class_map)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# saving
+
+
+def _atomic(path: Path, write) -> None:
+    """write(tmp) then rename over `path`, so an interrupted save never leaves a broken file under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plain(sd: dict) -> dict:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+
+
+def _write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    _atomic(path, lambda tmp: save_file(_plain(sd), str(tmp), metadata={"format": "pt", **(metadata or {})}))
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def save_state_dict(sd: dict, cfg: SwinConfig, path, class_names: list[str] | None = None) -> None:
+    """swinkit checkpoint: `path` (.safetensors, config in its metadata) and `<stem>.json` (config) beside it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"swinkit checkpoints are .safetensors files; got {path.name!r} "
+                         f"(use {path.with_suffix('.safetensors').name!r})")
+    meta = {"swinkit_config": cfg.to_json(), "class_names": json.dumps(class_names)}
+    _write_safetensors(sd, path, meta)
+    _write_json({**cfg.to_dict(), **({"class_names": class_names} if class_names else {})}, path.with_suffix(".json"))
+
+
+def save_model(model: SwinTransformer, path, class_names: list[str] | None = None) -> None:
+    """Write `path` (.safetensors) and its config as `<stem>.json` beside it, atomically; load_model reads
+    them back."""
+    save_state_dict(model.state_dict(), model.cfg, path, class_names or getattr(model, "class_names", None))
+
+
+def _hf_config(cfg: SwinConfig, class_names: list[str] | None) -> dict:
+    """config.json for transformers' Swin / Swinv2 (one square window, clamped per stage as transformers does)."""
+    win = cfg.window_size[0]
+    same = dataclasses.replace(cfg, window_size=win)
+    if win[0] != win[1] or effective_windows(same) != effective_windows(cfg):
+        raise ValueError(f"transformers' Swin takes one square window size; this model has {cfg.window_size}")
+    v2 = cfg.version == 2
+    names = class_names or [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    c = dict(model_type="swinv2" if v2 else "swin",
+             architectures=["Swinv2ForImageClassification" if v2 else "SwinForImageClassification"],
+             image_size=list(cfg.img_size), patch_size=cfg.patch_size, num_channels=cfg.in_chans,
+             embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads), window_size=win[0],
+             mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, hidden_act="gelu", layer_norm_eps=1e-5,
+             use_absolute_embeddings="absolute" in cfg.pos_embed, drop_path_rate=0.0,
+             id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
+    if v2:
+        c["pretrained_window_sizes"] = [p[0] for p in cfg.pretrained_window_sizes]
+    return c
+
+
+def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", class_names=None) -> Path:
+    """Write a swinkit state dict as format `fmt`: hf -> a directory (config.json + model.safetensors);
+    others -> `path` as .pth/.pt/.bin (torch.save; official wrapped in {"model": ...}) or safetensors."""
+    path = Path(path)
+    if fmt == "swinkit":
+        save_state_dict(sd, cfg, path, class_names)
+        return path
+    out = from_swinkit(sd, fmt, cfg)
+    if fmt == "hf":
+        _write_safetensors(out, path / "model.safetensors")
+        _write_json(_hf_config(cfg, class_names), path / "config.json")
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        obj = {"model": _plain(out)} if fmt == "official" else _plain(out)
+        _atomic(path, lambda tmp: torch.save(obj, tmp))
+    else:
+        _write_safetensors(out, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# official pretrained weights
+
+
+_GH = "https://github.com/SwinTransformer/storage/releases/download/"
+# name -> (URL, checksum). The official MODELHUB.md publishes URLs but no checksums; the one given is the
+# sha384 that OpenVINO's Open Model Zoo (models/public/swin-tiny-patch4-window7-224/model.yml) records for
+# the same URL. Files without one are reported with their sha256 after download.
+PRETRAINED = {
+    "swin_tiny_patch4_window7_224": (_GH + "v1.0.0/swin_tiny_patch4_window7_224.pth",
+                                     "sha384:210021216e1f205617d885836b1ac59d725b8c41dbff8dc4c513e838911436b0b75e06"
+                                     "529737e472d3167519a7c1a6ad"),
+    "swin_small_patch4_window7_224": (_GH + "v1.0.0/swin_small_patch4_window7_224.pth", None),
+    "swin_base_patch4_window7_224": (_GH + "v1.0.0/swin_base_patch4_window7_224.pth", None),
+    "swin_large_patch4_window7_224": (_GH + "v1.0.0/swin_large_patch4_window7_224_22kto1k.pth", None),
+    "swin_base_patch4_window12_384": (_GH + "v1.0.0/swin_base_patch4_window12_384.pth", None),
+    "swin_large_patch4_window12_384": (_GH + "v1.0.0/swin_large_patch4_window12_384_22kto1k.pth", None),
+    **{f"swinv2_{s}_window{w}_256": (_GH + f"v2.0.0/swinv2_{s}_patch4_window{w}_256.pth", None)
+       for w in (8, 16) for s in ("tiny", "small", "base")},
+    **{f"swinv2_{s}_window12_192": (_GH + f"v2.0.0/swinv2_{s}_patch4_window12_192_22k.pth", None)
+       for s in ("base", "large")},
+    **{f"swinv2_{s}_window12to{w}_192to{r}": (_GH + f"v2.0.0/swinv2_{s}_patch4_window12to{w}_192to{r}_22kto1k_ft.pth",
+                                              None) for s in ("base", "large") for w, r in ((16, 256), (24, 384))},
+}
+
+
+def _digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_pretrained(name: str, url: str | None = None) -> Path:
+    """The official weights of variant `name` (or `url`), downloaded once through torch.hub into its cache
+    (torch.hub.get_dir()/checkpoints) and checked against the known checksum."""
+    name = ALIASES.get(name, name)
+    checksum = None
+    if url is None:
+        if name not in PRETRAINED:
+            raise CheckpointError(f"no public weights for {name!r}; variants with weights: {', '.join(PRETRAINED)}")
+        url, checksum = PRETRAINED[name]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=sys.stderr.isatty())
+    except OSError as e:  # URLError, HTTPError, connection refused, no DNS
+        raise CheckpointError(
+            f"could not download the {name} weights from {url} ({getattr(e, 'reason', e)}). Without network "
+            f"access, fetch the file elsewhere and pass it: swinkit.create_model({name!r}, "
+            f"checkpoint='path/to/{path.name}') - or copy it to {path}") from None
+    _verify(path, checksum, url)
+    return path
+
+
+def _verify(path: Path, checksum: str | None, url: str) -> None:
+    if checksum is None:
+        warnings.warn(f"{url} has no published checksum; downloaded {path} has sha256 {_digest(path, 'sha256')}",
+                      stacklevel=3)
+        return
+    algo, expected = checksum.split(":")
+    got = _digest(path, algo)
+    if got != expected:
+        path.unlink()
+        raise CheckpointError(f"checksum mismatch for {url}: expected {algo} {expected}, got {got}; the download was "
+                              "deleted. Try again, or download the file yourself and pass checkpoint=PATH.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `swinkit inspect` and `swinkit convert`
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "inspect":
+        parser.add_argument("path", help="checkpoint file or Hugging Face / timm directory")
+    else:
+        parser.add_argument("src", help="checkpoint file or Hugging Face / timm directory")
+        parser.add_argument("dst", help="output file (.safetensors by default; .pth/.pt/.bin for torch.save) or, "
+                                        "for --to hf, a directory")
+        parser.add_argument("--to", default="swinkit", choices=list(FORMATS), help="output format (default: swinkit)")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    parser.add_argument("--window-size", type=int, help="window size, where the checkpoint does not record it")
+    parser.add_argument("--img-size", type=int, help="image size, where the checkpoint does not record it")
+
+
+def _inspect(ckpt: Checkpoint) -> str:
+    cfg = ckpt.config
+    params = sum(v.numel() for v in ckpt.state_dict.values())
+    lines = [f"file:     {ckpt.path}", f"format:   {ckpt.format} (Swin V{cfg.version})",
+             f"params:   {params:,}", "config:"]
+    lines += [f"  {k}: {v}" for k, v in cfg.to_dict().items() if k in ("name", "version", "img_size", "patch_size",
+              "in_chans", "num_classes", "embed_dim", "depths", "num_heads", "window_size", "pretrained_window_sizes",
+              "mlp_ratio", "qkv_bias", "pos_embed")]
+    if ckpt.guessed:
+        lines.append(f"guessed:  {', '.join(ckpt.guessed)} (not recorded in the checkpoint)")
+    if ckpt.class_names:
+        lines.append(f"classes:  {len(ckpt.class_names)}: {', '.join(map(str, ckpt.class_names[:8]))}"
+                     + (" ..." if len(ckpt.class_names) > 8 else ""))
+    lines.append(f"ignored:  {', '.join(ckpt.ignored) if ckpt.ignored else 'none'}")
+    lines.append(f"unknown:  {', '.join(ckpt.unknown) if ckpt.unknown else 'none'}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    hints = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if args.command == "inspect" else "default")
+            ckpt = read_checkpoint(args.path if args.command == "inspect" else args.src, use_ema=args.ema,
+                                   strict=args.command != "inspect", known=hints)
+        if args.command == "inspect":
+            print(_inspect(ckpt))
+            return 0
+        guessed = [f for f in ckpt.guessed if f not in hints]
+        if guessed:
+            assumed = ", ".join(f"{f}={getattr(ckpt.config, f)}" for f in guessed)
+            print(f"note: {args.src} does not record {', '.join(guessed)}; assumed {assumed} "
+                  "(pass --window-size / --img-size if it differs)", file=sys.stderr)
+        out = write_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names)
+    except (CheckpointError, ValueError) as e:
+        print(f"swinkit {args.command}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({args.to}, Swin V{ckpt.config.version}, {ckpt.config.name})")
+    return 0
