@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,18 +111,15 @@ class SwinConfig:
         return cls.from_dict(json.loads(s))
 
 
-def _v1(c, depths, window, img, params=None, gflops=None, **kw):
-    cfg = dict(version=1, embed_dim=c, depths=depths, num_heads=tuple(c // 32 * 2**i for i in range(4)),
+def _variant(version, c, depths, window, img, params=None, gmacs=None, **kw):
+    """A VARIANTS entry: heads C/32 x {1, 2, 4, 8}, with the published params (M) and FLOPs (GMACs)."""
+    cfg = dict(version=version, embed_dim=c, depths=depths, num_heads=tuple(c // 32 * 2**i for i in range(4)),
                window_size=window, img_size=img, **kw)
-    return dict(config=cfg, paper_params_m=params, paper_gmacs=gflops)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs)
 
 
-def _v2(c, depths, window, img, params=None, gflops=None, heads=None, **kw):
-    cfg = dict(version=2, embed_dim=c, depths=depths, num_heads=heads or tuple(c // 32 * 2**i for i in range(4)),
-               window_size=window, img_size=img, **kw)
-    return dict(config=cfg, paper_params_m=params, paper_gmacs=gflops)
-
-
+_v1 = functools.partial(_variant, 1)
+_v2 = functools.partial(_variant, 2)
 _T, _L = (2, 2, 6, 2), (2, 2, 18, 2)
 _22K = dict(num_classes=21841)
 _DP = lambda r: dict(drop_path_rate=r)  # noqa: E731  (stochastic depth of the official recipes)
