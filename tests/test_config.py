@@ -73,3 +73,14 @@ def test_meta_build_of_giant_costs_no_memory():
     with torch.device("meta"):
         m = swinkit.SwinTransformer(SwinConfig.from_name("swinv2_giant_window12_192"))
     assert next(m.parameters()).is_meta
+
+
+def test_macs_counted_alike_on_cpu_and_meta():
+    from conftest import tiny_config
+    from swinkit.measure import count_macs
+
+    cfg = tiny_config()
+    cpu = swinkit.SwinTransformer(cfg).eval()
+    with torch.device("meta"):
+        meta = swinkit.SwinTransformer(cfg).eval()
+    assert count_macs(cpu, (64, 64)) == count_macs(meta, (64, 64))  # fused CPU kernel vs math path

@@ -5,7 +5,7 @@ import argparse
 import json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .config import ALIASES, VARIANTS, SwinConfig
 from .model import SwinTransformer
@@ -15,11 +15,19 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter has no formula for the fused CPU attention kernel; it counts the same as the other SDPAs
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
+
+
 def count_macs(model: torch.nn.Module, img_size: tuple[int, int], batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass (the papers' "FLOPs"): matmuls, convolutions, attention."""
     param = next(model.parameters())
     x = torch.zeros(batch, model.cfg.in_chans, *img_size, device=param.device, dtype=param.dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
         model(x)
     return counter.get_total_flops() // 2
 
