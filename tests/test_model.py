@@ -313,3 +313,19 @@ def test_non_square_and_per_stage_windows():
     assert model.layers[0].blocks[0].attn.relative_position_bias_table.shape == (3 * 7, 2)
     assert model.blocks()[1].attention_mask(16, 16, torch.device("cpu")).shape == (32, 8, 8)
     assert torch.isfinite(model(torch.randn(1, 3, 64, 52))).all()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_bfloat16_autocast_and_cast_model_stay_close_to_float32(version):
+    model = randomize_(SwinTransformer(tiny_config(version=version)))
+    x = torch.randn(2, 3, 45, 70)
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x)
+    mixed.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        cast = model.to(torch.bfloat16)(x.bfloat16())
+    assert mixed.dtype == cast.dtype == torch.bfloat16
+    for y in (mixed, cast):
+        assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3

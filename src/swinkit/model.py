@@ -178,9 +178,10 @@ class WindowAttention(nn.Module):
             return None
         N = win[0] * win[1]
         if self.v2:
-            device = self.cpb_mlp[0].weight.device
-            table = self.cpb_mlp(log_spaced_coords(win, self.pretrained_window, device))  # ((2w-1)^2, heads)
-            index = relative_position_index(win, win, device)
+            weight = self.cpb_mlp[0].weight
+            coords = log_spaced_coords(win, self.pretrained_window, weight.device).to(weight.dtype)
+            table = self.cpb_mlp(coords)  # ((2w-1)^2, heads)
+            index = relative_position_index(win, win, weight.device)
             return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))
         table = self.relative_position_bias_table
         index = relative_position_index(win, self.window, table.device)
