@@ -231,7 +231,9 @@ class WindowAttention(nn.Module):
             q, k, scale = F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), 1.0
         bias = self._cached_attention_bias(win, mask, B) if cache else self.attention_bias(win, mask, B)
         drop = self.attn_drop if self.training else 0.0
-        if self.fused and not self.keep_attn:
+        # on CPU a bias that needs a gradient sends SDPA to its math path, slower than the explicit one
+        cpu_bias_grad = x.device.type == "cpu" and bias is not None and bias.requires_grad
+        if self.fused and not self.keep_attn and not cpu_bias_grad:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=scale)
         else:
             attn = (q * scale) @ k.transpose(-2, -1)
