@@ -1,0 +1,309 @@
+"""Image-folder datasets for training, evaluation and prediction.
+
+An image folder is a tree with one sub-folder per class (torchvision's ImageFolder layout), either as `train/` and
+`val/` sub-folders or as one folder that is split with a fixed seed. Every image becomes RGB (grayscale, alpha,
+palette and 16-bit images are converted), files that do not decode are skipped with a warning and counted, and an
+empty class folder or a val class unknown to train is an error before any training starts. With no data, the
+scikit-learn handwritten digits are written once to a cache folder as such a tree and read the same way.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path` (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# image files
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB. 16-bit, 32-bit and float images are scaled (not clipped) to 8 bits; palette
+    images go through RGBA so a transparency entry is honoured; alpha is dropped."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / full), 0, 255).round().astype(np.uint8))
+    elif img.mode == "P":
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file fully and return it as RGB (raises OSError/ValueError when it does not decode)."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def check_image(path: str) -> str | None:
+    """None when `path` decodes completely, else the reason. JPEGs decode at 1/8 scale: every byte is still read,
+    so truncation is caught at a fraction of the cost."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (1, 1))
+            img.load()
+    except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# datasets
+
+
+class ImageFolderDataset(datasets.ImageFolder):
+    """torchvision ImageFolder that returns RGB images, skips files that do not decode (listed in `.skipped` as
+    (path, reason)), rejects empty class folders, and can take its class list from another split (`classes=`), so
+    val indices match train's and a val class unknown to train is an error."""
+
+    def __init__(self, root: str | Path, transform=None, classes: list[str] | None = None,
+                 classes_from: str = "the training set", verify: bool = True):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"expected an image folder at {root} (one sub-folder per class), "
+                                    "but it does not exist")
+        self._given_classes, self._classes_from = classes, classes_from
+        super().__init__(str(root), transform=transform, loader=load_image, allow_empty=True)
+        self.skipped: list[tuple[str, str]] = []
+        if verify:
+            self._drop_unreadable()
+        self._check_not_empty()
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        found = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not found:
+            raise FileNotFoundError(f"expected one sub-folder per class in {directory}, found none: put each "
+                                    "class's images in <folder>/<class name>/")
+        if self._given_classes is None:
+            return found, {c: i for i, c in enumerate(found)}
+        unknown = sorted(set(found) - set(self._given_classes))
+        if unknown:
+            raise ValueError(f"{directory} has class folders that {self._classes_from} does not have: {unknown}; "
+                             f"expected only its classes {list(self._given_classes)}. Rename or remove those folders")
+        return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
+
+    def _drop_unreadable(self) -> None:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            reasons = list(pool.map(check_image, (p for p, _ in self.samples)))
+        self.skipped = [(p, r) for (p, _), r in zip(self.samples, reasons) if r is not None]
+        if self.skipped:
+            self._set_samples([s for s, r in zip(self.samples, reasons) if r is None])
+            first = "\n".join(f"  {p}: {r}" for p, r in self.skipped[:5])
+            warnings.warn(f"skipped {len(self.skipped)} unreadable image file(s) in {self.root}:\n{first}"
+                          + ("\n  ..." if len(self.skipped) > 5 else ""), stacklevel=3)
+
+    def _check_not_empty(self) -> None:
+        counts = np.bincount(self.targets, minlength=len(self.classes))
+        present = {e.name for e in os.scandir(self.root) if e.is_dir()}
+        empty = [c for c, n in zip(self.classes, counts) if n == 0 and c in present]
+        if empty:
+            raise ValueError(f"class folder(s) {empty} in {self.root} hold no readable images (extensions "
+                             f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)")
+
+    def _set_samples(self, samples: list[tuple[str, int]]) -> None:
+        self.samples = self.imgs = samples
+        self.targets = [t for _, t in samples]
+
+    def subset(self, indices, transform) -> "ImageFolderDataset":
+        """A copy holding only `indices`, with its own transform."""
+        ds = copy.copy(self)
+        ds._set_samples([self.samples[i] for i in indices])
+        ds.transform = transform
+        return ds
+
+    def __getitem__(self, index: int):
+        """(transformed image, class index). A file that stopped decoding since the scan is replaced by the next
+        sample, with a warning."""
+        self.samples[index]  # IndexError past the end, as iteration expects
+        for attempt in range(len(self.samples)):
+            path, target = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                img = self.loader(path)
+                break
+            except (OSError, ValueError) as e:
+                warnings.warn(f"could not read {path} ({e}); using the next image instead", stacklevel=2)
+        else:
+            raise RuntimeError(f"no image in {self.root} can be read")
+        return (self.transform(img) if self.transform else img), target
+
+
+def split_indices(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified split: per class, a seeded shuffle puts round(val_fraction * n) images (at least one when the class
+    has two or more) in val. Returns sorted (train, val) indices."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    targets_t = torch.as_tensor(targets)
+    train, val = [], []
+    for c in torch.unique(targets_t).tolist():
+        idx = torch.nonzero(targets_t == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+        n_val = max(1, round(val_fraction * len(idx))) if len(idx) > 1 else 0
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def build_datasets(data: str | Path, train_tf, eval_tf, val_fraction: float = 0.1, seed: int = 0,
+                   verify: bool = True) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """(train, val) datasets from `data`: `data/train` + `data/val`, or `data/train` alone or `data` itself (class
+    folders) split with `val_fraction` and `seed`. Val indices follow train's classes."""
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: expected a folder with train/ and val/ sub-folders, or one "
+                                "sub-folder per class; it does not exist")
+    if (root / "train").is_dir():
+        train = ImageFolderDataset(root / "train", train_tf, verify=verify)
+        if (root / "val").is_dir():
+            return train, ImageFolderDataset(root / "val", eval_tf, classes=train.classes, verify=verify)
+        full = train
+    else:
+        full = ImageFolderDataset(root, verify=verify)
+    train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
+    return full.subset(train_idx, train_tf), full.subset(val_idx, eval_tf)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so each sample's augmentation is drawn from its own seed (seed, epoch, index): the same
+    image gets the same augmentation whatever the worker count, the rank that loads it, or where a resumed run
+    restarts. The caller's RNG state is left untouched."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        g = torch.default_generator  # transforms v2 draw from it; torch.manual_seed would also seed (slowly) CUDA
+        state = g.get_state()
+        g.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        try:
+            return self.dataset[index]
+        finally:
+            g.set_state(state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transforms
+
+
+class RandAugmentMstd(v2.RandAugment):
+    """torchvision RandAugment whose magnitude is drawn per image from N(magnitude, mstd), rounded and clipped to
+    the bins, as timm's `rand-m9-mstd0.5`."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, mstd: float = 0.5, **kwargs):
+        super().__init__(num_ops=num_ops, magnitude=magnitude, **kwargs)
+        self.mean_magnitude, self.mstd = magnitude, mstd
+
+    def forward(self, *inputs):
+        if self.mstd > 0:
+            m = round(self.mean_magnitude + self.mstd * torch.randn(()).item())
+            self.magnitude = min(max(m, 0), self.num_magnitude_bins - 1)
+        return super().forward(*inputs)
+
+
+def train_transform(img_size: int, scale=(0.08, 1.0), hflip: float = 0.5, randaug_n: int = 2,
+                    randaug_m: int = 9, randaug_mstd: float = 0.5, reprob: float = 0.25,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    """PIL image -> (3, img_size, img_size) float tensor: random resized crop, flip, RandAugment, normalise,
+    random erasing (the official Swin recipe; 0 disables a step)."""
+    bicubic = v2.InterpolationMode.BICUBIC
+    steps = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=bicubic)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if randaug_n > 0:
+        steps.append(RandAugmentMstd(randaug_n, randaug_m, randaug_mstd, fill=[round(255 * m) for m in mean]))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if reprob > 0:
+        steps.append(v2.RandomErasing(reprob, value="random"))
+    return v2.Compose(steps)
+
+
+def eval_transform(img_size: int, crop_pct: float = 0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    """PIL image -> (3, H, W): resize the short side to img_size / crop_pct (or (H, W) / crop_pct for a pair),
+    centre crop to img_size."""
+    resize = int(img_size / crop_pct) if isinstance(img_size, int) else [int(s / crop_pct) for s in img_size]
+    return v2.Compose([
+        v2.ToImage(), v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC),
+        v2.CenterCrop(img_size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def mixup_cutmix(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, switch_prob: float = 0.5):
+    """Batch transform (x, y) -> (mixed x, (B, num_classes) soft targets): MixUp or CutMix, chosen with
+    `switch_prob` for CutMix when both are on. None when both alphas are 0."""
+    ops = [(v2.MixUp(alpha=mixup, num_classes=num_classes), 1.0 - switch_prob)] if mixup > 0 else []
+    ops += [(v2.CutMix(alpha=cutmix, num_classes=num_classes), switch_prob)] if cutmix > 0 else []
+    if len(ops) < 2:
+        return ops[0][0] if ops else None
+    return v2.RandomChoice([t for t, _ in ops], p=[p for _, p in ops])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the embedded default: scikit-learn's handwritten digits
+
+
+def cache_dir() -> Path:
+    """$SWINKIT_CACHE, else $XDG_CACHE_HOME/swinkit, else ~/.cache/swinkit."""
+    if os.environ.get("SWINKIT_CACHE"):
+        return Path(os.environ["SWINKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "swinkit"
+
+
+def digits_folder(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """The 1,797 8x8 handwritten digits bundled with scikit-learn (17 gray levels) as an image folder
+    `<root>/digits/{train,val}/<digit>/<n>.png`, written once (atomically) and reused. Returns the folder."""
+    from sklearn.datasets import load_digits
+
+    out = Path(root or cache_dir()) / "digits"
+    if (out / "train").is_dir() and (out / "val").is_dir():
+        return out
+    digits = load_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), values 0..16 -> 0..255
+    split = split_indices(digits.target.tolist(), val_fraction, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".digits-"))
+    for name, indices in zip(("train", "val"), split):
+        for i in indices:
+            folder = tmp / name / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i]).save(folder / f"{i:04d}.png")
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,126 @@
+"""`swinkit eval` and `swinkit predict` against a hand-made training checkpoint: metrics equal a direct
+computation, the JSON has its fields, the confusion matrix adds up, errors are clear."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import swinkit
+from swinkit.cli import main
+from swinkit.data import ImageFolderDataset, eval_transform, load_image
+from swinkit.evaluate import evaluate, load_for_inference
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A run directory whose best.pt follows the training-checkpoint contract (random weights)."""
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = swinkit.create_model("swin_t", img_size=16, patch_size=2, window_size=4, embed_dim=16, depths=(2, 1),
+                                 num_heads=(1, 2), num_classes=3)
+    data = {"img_size": 16, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.25] * 3}
+    torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(), "class_names": CLASSES, "data": data},
+               run / "best.pt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """train/ and val/ trees; val holds 4 random 20x20 images per class."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def reference(run, folder):
+    """Logits, labels computed directly: the checkpoint's model on the eval transform of every image."""
+    model, names, cfg = load_for_inference(run)
+    tf = eval_transform(cfg["img_size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
+    files = sorted(folder.glob("*/*.png"))
+    x = torch.stack([tf(load_image(f)) for f in files])
+    y = torch.tensor([names.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        return model(x), y
+
+
+def test_eval_json_matches_a_direct_computation(checkpoint, images, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(images), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    logits, y = reference(checkpoint, images / "val")
+    assert result["num_images"] == 12 and result["num_classes"] == 3 and result["data"] == str(images / "val")
+    assert result["top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
+    assert result["top5"] == 100.0  # 3 classes: top-5 covers them all
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    png = checkpoint / "confusion_matrix.png"
+    assert result["confusion_png"] == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_text_output_and_confusion_path(checkpoint, images, tmp_path, capsys):
+    png = tmp_path / "cm.png"
+    assert main(["eval", "--checkpoint", str(checkpoint / "best.pt"), "--data", str(images / "val"),
+                 "--confusion", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"top-1 \d+\.\d\d%  top-5 100\.00%  loss \d+\.\d{4}", out)
+    assert f"confusion matrix: {png}" in out and png.exists()
+
+
+def test_confusion_matrix_adds_up(checkpoint, images):
+    model, names, cfg = load_for_inference(checkpoint)
+    ds = ImageFolderDataset(images / "val", eval_transform(16, 1.0, cfg["mean"], cfg["std"]), classes=names)
+    m = evaluate(model, DataLoader(ds, batch_size=5), torch.device("cpu"), num_classes=3)
+    cm = m["confusion"]
+    assert cm.sum() == 12 and cm.sum(1).tolist() == [4, 4, 4]  # rows: true classes
+    assert 100 * cm.trace().item() / 12 == pytest.approx(m["top1"])
+
+
+def test_eval_errors_are_clear(checkpoint, images, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(images)]) == 1
+    assert (f"error: {tmp_path} is a folder without best.pt: expected a run directory written by `swinkit train` "
+            "(or pass the checkpoint file itself)") in capsys.readouterr().err
+    (tmp_path / "val" / "emu").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "emu" / "0.png")
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(tmp_path)]) == 1
+    assert (f"has class folders that checkpoint {checkpoint} does not have: ['emu']; expected only its classes "
+            "['cat', 'dog', 'owl']") in capsys.readouterr().err
+
+
+def test_predict_gives_sorted_probabilities_of_the_checkpoint_classes(checkpoint, images, tmp_path, capsys):
+    files = sorted((images / "val").glob("*/*.png"))[:3]
+    assert main(["predict", "--checkpoint", str(checkpoint), *map(str, files), "--topk", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    model, names, cfg = load_for_inference(checkpoint)
+    tf = eval_transform(16, 1.0, cfg["mean"], cfg["std"])
+    with torch.no_grad():
+        probs = model(torch.stack([tf(load_image(f)) for f in files])).softmax(1)
+    assert [r["image"] for r in rows] == list(map(str, files))
+    for row, p in zip(rows, probs):
+        preds = row["predictions"]
+        assert [q["prob"] for q in preds] == sorted((q["prob"] for q in preds), reverse=True)
+        assert sum(q["prob"] for q in preds) == pytest.approx(1.0, abs=1e-5)
+        for q in preds:
+            assert q["class"] == CLASSES[q["index"]] and q["prob"] == pytest.approx(p[q["index"]].item(), abs=1e-6)
+
+
+def test_predict_text_top1_and_unreadable_files(checkpoint, images, tmp_path, capsys):
+    good = sorted((images / "val").glob("*/*.png"))[0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(bad), str(good), "--topk", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert re.fullmatch(rf"{re.escape(str(good))}: (cat|dog|owl) \d+\.\d%\n", out)
+    assert f"error: cannot read {bad}:" in err
