@@ -51,17 +51,16 @@ OFFICIAL = dict(
     cutmix=1.0, mix_switch_prob=0.5, smoothing=0.1, crop_pct=0.875, ema=False, ema_decay=0.9998, amp="auto",
     val_fraction=0.1, seed=0, workers=None, verify_images=True, grad_checkpointing=False, fsdp=False,
     deterministic=False, ckpt_every=0, log_every=50, threads=None)
-_TINY_32 = dict(model="swin_t", img_size=32, patch_size=2, window_size=4)  # 32x32 inputs: 16x16 then 8x8 tokens
 RECIPES = {
     "official": {},
     # fine-tuning (official 22k->1k configs): short warmup, small lr, no weight decay to speak of, layer decay
     "finetune": dict(epochs=30, warmup_epochs=5, lr=2e-5, warmup_lr=2e-8, min_lr=2e-7, weight_decay=1e-8,
                      layer_decay=0.9),
     # small data from scratch, measured on cifar10-mini (benchmarks/train_cifar10_mini.py, docs/training.md)
-    "small": dict(**_TINY_32, embed_dim=64, depths=[2, 2, 2], num_heads=[2, 4, 8], drop_path_rate=0.1,
-                  epochs=12, warmup_epochs=1, batch_size=64, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5,
-                  lr_base_size=64, scale=[0.35, 1.0], randaug_m=5, mixup=0.0, cutmix=0.0, reprob=0.1,
-                  crop_pct=1.0),
+    "small": dict(model="swin_t", img_size=32, patch_size=4, window_size=4, embed_dim=64, depths=[2, 2],
+                  num_heads=[2, 4], drop_path_rate=0.0, epochs=40, warmup_epochs=2, batch_size=64, lr=2e-3,
+                  warmup_lr=2e-6, min_lr=2e-5, lr_base_size=64, scale=[0.6, 1.0], randaug_n=0, mixup=0.0,
+                  cutmix=0.0, reprob=0.0, crop_pct=1.0),
     # the embedded digits (`make demo`): 8x8 grayscale digits read at 32x32, one token per original pixel
     "digits": dict(model="swin_t", img_size=32, patch_size=4, window_size=4, embed_dim=32, depths=[2, 2],
                    num_heads=[2, 4], drop_path_rate=0.0, epochs=20, warmup_epochs=1, batch_size=32,
@@ -98,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--depths", type=int, nargs="+")
     g.add_argument("--num-heads", type=int, nargs="+")
     g.add_argument("--drop-path-rate", type=float, help="stochastic depth (default: the variant's)")
-    g = parser.add_argument_group("optimisation (lrs are per --lr-base-size images, scaled by the total batch)")
+    g = parser.add_argument_group("optimisation (defaults shown: the official recipe; lrs are per --lr-base-size "
+                                  "images, scaled by the total batch)")
     for flag, typ, help_ in [
             ("epochs", int, ""), ("warmup-epochs", float, "linear warmup, then cosine per iteration"),
             ("batch-size", int, "per process"), ("accum-steps", int, "gradient accumulation steps"),
