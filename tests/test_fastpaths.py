@@ -37,14 +37,30 @@ def test_fused_cached_inference_matches_reference(version):
 def test_chunked_attention_matches_reference(version):
     ref, chunked = _pair(version, chunk_mb=0.01)  # ~10 KB: a few windows per attention call
     calls = []
-    chunked.layers[0].blocks[1].attn.register_forward_hook(lambda *_: calls.append(1))
+    blk = chunked.layers[0].blocks[1]
+    blk.attn.register_forward_hook(lambda *_: calls.append("grad path"))  # one call per chunk of windows
+    blk.mlp.register_forward_hook(lambda *_: calls.append("inference path"))  # one call per chunk of windows
     x = torch.randn(2, 3, 97, 33)  # stage 0: 25x9 map -> 7x3 = 21 windows of 4x4
     with torch.no_grad():
         assert (chunked(x) - _reference(ref, x)).abs().max() <= 1e-5
-    assert len(calls) > 1  # the block really ran its windows in several chunks
+    assert calls.count("inference path") > 2  # the block really ran its windows in several chunks
     x.requires_grad_(True)
     ref_grad = torch.autograd.grad(ref(x).sum(), x)[0]
     assert (torch.autograd.grad(chunked(x).sum(), x)[0] - ref_grad).abs().max() <= 1e-5
+    assert calls.count("grad path") > 2
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("tokens", [16, 100, 10**6])  # a divisor of one image's windows, several images, all
+def test_windowed_inference_path_matches_reference(version, tokens, monkeypatch):
+    """The inference path runs whole blocks per chunk of windows (parts of an image, or several images with a
+    shorter last chunk) and writes tokens back in place; the result equals the plain path."""
+    monkeypatch.setattr(M, "INFER_CHUNK_TOKENS", tokens)
+    ref, fast = _pair(version)
+    for size in SIZES:
+        x = torch.randn(3, 3, *size)
+        with torch.inference_mode():
+            assert (fast(x) - _reference(ref, x)).abs().max() <= 1e-5
 
 
 def test_inference_cache_follows_weight_updates():

@@ -18,14 +18,17 @@ def _tiny(**overrides) -> SwinTransformer:
     return SwinTransformer(tiny_config(**overrides)).eval()
 
 
-def _capture_attn_inputs(blk):
-    """Record (windows, mask) of every call of blk.attn as the block makes it."""
-    calls = []
+def _capture_attend(blk):
+    """Record (windows, bias) of every attention call of blk: the inference path and the autograd path both hand
+    their windows and the bias (position bias + mask) to blk.attn.attend. `del blk.attn.attend` restores it."""
+    calls, attend = [], blk.attn.attend
 
-    def hook(module, args, kwargs):
-        calls.append((args[0].detach(), args[2] if len(args) > 2 else kwargs.get("mask")))
+    def record(x, bias):
+        calls.append((x.detach(), bias))
+        return attend(x, bias)
 
-    return calls, blk.attn.register_forward_pre_hook(hook, with_kwargs=True)
+    blk.attn.attend = record
+    return calls
 
 
 # ------------------------------------------------------------------------------------------------ windows
@@ -63,11 +66,11 @@ def test_windows_drawn_are_the_windows_the_block_builds(size):
     for blk, key in ((model.layers[0].blocks[0], "slots_regular"), (model.layers[0].blocks[1], "slots_shifted")):
         blk.norm1 = nn.Identity()  # let the ids reach attention unchanged
         ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w, 1).expand(1, h, w, blk.attn.dim)
-        calls, handle = _capture_attn_inputs(blk)
+        calls = _capture_attend(blk)
         with torch.no_grad():
             blk(ids.contiguous())
-        handle.remove()
-        seen = calls[0][0].reshape(-1, calls[0][0].shape[-2], blk.attn.dim)[..., 0]  # (nW, N)
+        del blk.attn.attend
+        seen = torch.cat([c[0] for c in calls])[..., 0]  # (nW, N)
         slots = d[key]
         y, x = slots // Wp, slots % Wp
         expected = torch.where((y < h) & (x < w), y * w + x + 1, 0).float()
@@ -87,12 +90,14 @@ def test_windows_figure_has_three_panels():
 def test_mask_drawn_is_the_mask_used_in_forward(size):
     model = _tiny()
     d = viz.mask_data(model, size, stage=0)
-    calls, handle = _capture_attn_inputs(model.layers[0].blocks[d["block"][1]])
+    blk = model.layers[0].blocks[d["block"][1]]
+    calls = _capture_attend(blk)
     with torch.no_grad():
         model(torch.randn(1, 3, *size))
-    handle.remove()
-    used = calls[0][1]
-    assert torch.equal(d["mask"], used)
+    bias = torch.cat([c[1] for c in calls])  # (nW, h, N, N) = position bias + mask
+    used = bias - blk.attn.position_bias(d["window"])
+    assert torch.equal(used.isinf(), d["mask"][:, None].isinf().expand_as(used))
+    assert torch.allclose(used, d["mask"][:, None].expand_as(used), atol=1e-4)
     # the labels drawn beside each panel explain every entry: -inf on padded keys (label -1), else -100
     # exactly between slots of different labels
     labels, m = d["regions"], d["mask"]

@@ -17,6 +17,9 @@ Pair = tuple[int, int]
 REGION_MASK = -100.0  # between tokens of different shift regions, as in the papers' code
 PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at least one real key)
 CACHE_SIZE = 128
+# inference runs a whole block on this many tokens at a time (rounded to windows): every intermediate stays small
+# enough to sit in cache and to be reused by the allocator instead of freshly page-faulted memory
+INFER_CHUNK_TOKENS = 2048
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,16 +223,24 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None, cache: bool = True) -> torch.Tensor:
         """x: (B, nW, N, C) windows of B images; mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
         B, nW, N, C = x.shape
+        bias = self._cached_attention_bias(win, mask, B) if cache else self.attention_bias(win, mask, B)
+        out = self.attend(x.reshape(B * nW, N, C), bias)
+        if self.keep_attn:
+            self.last_attn = self.last_attn.view(B, nW, self.num_heads, N, N)
+        return out.view(B, nW, N, C)
+
+    def attend(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x: (n, N, C) windows; bias: (n or 1, h, N, N) additive or None. Returns (n, N, C)."""
+        n, N, C = x.shape
         h = self.num_heads
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias)) \
             if self.v2 and self.q_bias is not None else self.qkv.bias
-        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(B * nW, N, 3, h, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, h, N, d) views
+        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(n, N, 3, h, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, N, d) views
         scale = self.scale
         if self.v2:  # cosine attention; the clamped logit scale is folded into the normalised queries
             logit_scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (h, 1, 1)
             q, k, scale = F.normalize(q, dim=-1) * logit_scale, F.normalize(k, dim=-1), 1.0
-        bias = self._cached_attention_bias(win, mask, B) if cache else self.attention_bias(win, mask, B)
         drop = self.attn_drop if self.training else 0.0
         # on CPU a bias that needs a gradient sends SDPA to its math path, slower than the explicit one
         cpu_bias_grad = x.device.type == "cpu" and bias is not None and bias.requires_grad
@@ -237,11 +248,11 @@ class WindowAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=scale)
         else:
             attn = (q * scale) @ k.transpose(-2, -1)
-            attn = (attn if bias is None else attn + bias).softmax(-1)  # (B*nW, h, N, N)
+            attn = (attn if bias is None else attn + bias).softmax(-1)  # (n, h, N, N)
             if self.keep_attn:
-                self.last_attn = attn.detach().view(B, nW, h, N, N)
+                self.last_attn = attn.detach()
             out = F.dropout(attn, drop) @ v
-        out = out.transpose(1, 2).reshape(B, nW, N, C)  # (B*nW, N, h, d) is the fused kernel's memory order
+        out = out.transpose(1, 2).reshape(n, N, C)  # (n, N, h, d) is the fused kernel's memory order
         return self.proj_drop(self.proj(out))
 
 
@@ -339,8 +350,59 @@ class SwinBlock(nn.Module):
             out[:, i:i + chunk] = self.attn(windows[:, i:i + chunk], win, mask, cache=False)
         return out
 
+    def _windows_per_chunk(self, nW: int, N: int) -> int:
+        """Windows per chunk of the inference path: about INFER_CHUNK_TOKENS tokens and within cfg.chunk_mb of
+        attention logits + bias, rounded to a divisor of nW (below one image) or a multiple of nW (above), so
+        each chunk's bias is a slice of one cached tensor."""
+        per_window = 4 * self.attn.num_heads * N * N * 2
+        c = max(1, min(INFER_CHUNK_TOKENS // N, int(self.chunk_mb * 2**20 // per_window)))
+        if c >= nW:
+            return c // nW * nW
+        return max(d for d in range(1, c + 1) if nW % d == 0)
+
+    def _forward_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: (B, H, W, C) -> (B, H, W, C), the whole block (attention and MLP, both residuals) one chunk
+        of windows at a time, each chunk gathered from and written back to its tokens' places. The output is
+        the only full-size tensor; padded tokens are computed (their keys are masked) and cropped at the end."""
+        B, H, W, C = x.shape
+        win, shift = window_and_shift((H, W), self.window, self.shift)
+        Hp, Wp = padded_size((H, W), win)
+        N, L = win[0] * win[1], Hp * Wp
+        nW = L // N
+        to_windows, _ = window_order((H, W), win, shift, x.device)
+        flat = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B * L, C)
+        index = (torch.arange(B, device=x.device)[:, None] * L + to_windows).flatten()  # (B*nW*N,) window order
+        c = self._windows_per_chunk(nW, N)
+        # one image's mask + bias is cached whole when small (every shifted block keeps its own), else each chunk
+        # builds its own mask
+        needs_mask = any(shift) or (Hp, Wp) != (H, W)
+        whole = nW * self.attn.num_heads * N * N * x.element_size() <= self.chunk_mb * 2**20 / 8
+        mask = attention_mask((H, W), win, shift, x.device) if needs_mask and whole else None
+        labels = window_labels((H, W), win, shift, x.device) if needs_mask and not whole else None
+        bias = self.attn._cached_attention_bias(win, mask, max(1, c // nW))
+        out = torch.empty_like(flat)
+        for i in range(0, B * nW, c):
+            n = min(c, B * nW - i)
+            idx = index[i * N:(i + n) * N]
+            xw = flat.index_select(0, idx).view(n, N, C)
+            b = bias if bias is None or bias.shape[0] == 1 else bias[i % nW:i % nW + n]  # (n or 1, h, N, N)
+            if labels is not None:
+                chunk_mask = mask_from_labels(labels[i % nW:i % nW + n])[:, None]  # (n, 1, N, N)
+                b = chunk_mask if b is None else b + chunk_mask
+            if self.v2:
+                xw = xw + self.norm1(self.attn.attend(xw, b))
+                xw = xw + self.norm2(self.mlp(xw))
+            else:
+                xw = xw + self.attn.attend(self.norm1(xw), b)
+                xw = xw + self.mlp(self.norm2(xw))
+            out.index_copy_(0, idx, xw.view(n * N, C))
+        out = out.view(B, Hp, Wp, C)
+        return out if (Hp, Wp) == (H, W) else out[:, :H, :W].contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
+        if not (self.training or torch.is_grad_enabled() or self.attn.keep_attn or torch.compiler.is_compiling()):
+            return self._forward_windows(x)
         if self.v2:
             x = x + self.drop_path(self.norm1(self._attention(x)))
             return x + self.drop_path(self.norm2(self.mlp(x)))
