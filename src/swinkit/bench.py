@@ -543,9 +543,11 @@ def plot_sweep(rows: list[dict], path: str | Path) -> None:
             xs = [s**2 for s in sizes]
             ax.plot(xs, [ref[key] * x / p0 for x in xs], "k--", lw=1, label="linear in pixels")
             ax.plot(xs, [ref[key] * (x / p0) ** 2 for x in xs], "k:", lw=1, label="quadratic in pixels")
-            ax.set_xticks(xs, [f"{s}²" for s in sizes])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if ref is not None:  # after set_xscale, which would replace them: one labelled tick per measured size
+            ax.minorticks_off()
+            ax.set_xticks(xs, [f"{s}²" for s in sizes])
         ax.set_xlabel("input pixels")
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
