@@ -62,7 +62,7 @@ def test_windows_drawn_are_the_windows_the_block_builds(size):
     the figure's partition puts in each slot (padding enters as zeros)."""
     model = _tiny()
     d = viz.windows_data(model, size, stage=0)
-    (h, w), (Hp, Wp) = d["feat"], d["padded"]
+    (h, w), (_, Wp) = d["feat"], d["padded"]
     for blk, key in ((model.layers[0].blocks[0], "slots_regular"), (model.layers[0].blocks[1], "slots_shifted")):
         blk.norm1 = nn.Identity()  # let the ids reach attention unchanged
         ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w, 1).expand(1, h, w, blk.attn.dim)

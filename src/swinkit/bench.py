@@ -20,13 +20,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .checkpoint import atomic_write
 from .config import ALIASES, SwinConfig
 
 LIBS = ("swinkit", "timm", "timm-sdpa", "torchvision", "transformers")  # timm-sdpa: timm with TIMM_FUSED_ATTN=2
@@ -448,14 +448,13 @@ def _progress(lib: str, mode: str, size: int, batch: int, res: dict) -> str:
 
 def write_csv(rows: list[dict], path: str | Path, columns: list[str] = COLUMNS) -> None:
     """rows -> CSV with `columns`, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({c: _fmt(r.get(c)) for c in columns} for r in rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({c: _fmt(r.get(c)) for c in columns} for r in rows)
+
+    atomic_write(path, write)
 
 
 def _fmt(v):
@@ -485,13 +484,6 @@ def print_table(rows: list[dict]) -> None:
               f"({num(r['mem_growth_vs_linear'], '.2f')}x linear)")
 
 
-def _save_figure(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 def plot_throughput(rows: list[dict], path: str | Path) -> None:
     """One bar chart per mode: img/s per library, with the ratio to the best peer and the matmul-bound limit."""
     import matplotlib
@@ -519,7 +511,7 @@ def plot_throughput(rows: list[dict], path: str | Path) -> None:
         ax.set_ylabel("images / s (median)")
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -555,7 +547,7 @@ def plot_sweep(rows: list[dict], path: str | Path) -> None:
     fig.suptitle(f"{r0['model']}, batch {r0['batch_size']}, {r0['dtype']}, {r0['device']}, {r0['threads']} threads",
                  fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, Path(path))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 

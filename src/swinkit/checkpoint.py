@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,15 +414,23 @@ def load_into_named(name: str, checkpoint=None, pretrained: bool | str = False, 
 # saving
 
 
-def _atomic(path: Path, write) -> None:
-    """write(tmp) then rename over `path`, so an interrupted save never leaves a broken file under its name."""
+def atomic_write(path: str | Path, write) -> Path:
+    """write(tmp) on a temporary file beside `path`, then rename it over `path`, so an interrupted save never
+    leaves a partial file under its name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
 
 
 def _plain(sd: dict) -> dict:
@@ -431,11 +440,11 @@ def _plain(sd: dict) -> dict:
 def _write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    _atomic(path, lambda tmp: save_file(_plain(sd), str(tmp), metadata={"format": "pt", **(metadata or {})}))
+    atomic_write(path, lambda tmp: save_file(_plain(sd), str(tmp), metadata={"format": "pt", **(metadata or {})}))
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_state_dict(sd: dict, cfg: SwinConfig, path, class_names: list[str] | None = None) -> None:
@@ -488,7 +497,7 @@ def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", clas
         _write_json(_hf_config(cfg, class_names), path / "config.json")
     elif path.suffix in (".pth", ".pt", ".bin"):
         obj = {"model": _plain(out)} if fmt == "official" else _plain(out)
-        _atomic(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
     else:
         _write_safetensors(out, path)
     return path

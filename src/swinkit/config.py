@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")

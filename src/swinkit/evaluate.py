@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .config import SwinConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, atomic_write, eval_transform
+from .checkpoint import atomic_write
+from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, eval_transform
 from .model import SwinTransformer
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

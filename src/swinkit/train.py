@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import SwinConfig
-from .data import (IMAGENET_MEAN, IMAGENET_STD, SeededSamples, atomic_write, build_datasets, digits_folder,
-                   eval_transform, mixup_cutmix, train_transform)
+from .checkpoint import atomic_write
+from .data import (IMAGENET_MEAN, IMAGENET_STD, SeededSamples, build_datasets, digits_folder, eval_transform,
+                   mixup_cutmix, train_transform)
 from .evaluate import AMP_DTYPES, autocast, evaluate
 from .model import SwinTransformer, create_model
 

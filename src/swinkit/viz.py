@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
+from .checkpoint import atomic_write
 from .config import SwinConfig
 from .measure import count_macs, count_params
 from .model import (SwinTransformer, create_model, padded_size, relative_position_index, shift_regions,
@@ -792,19 +791,7 @@ def image_format(path: str | Path) -> str:
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write `fig` atomically; the format follows the suffix (png, pdf, svg, ...)."""
     path, fmt = Path(path), image_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
 
 
 def load_for_viz(checkpoint: str | None, name: str, **overrides) -> tuple[SwinTransformer, str]:
