@@ -1,6 +1,6 @@
 """Issue 5's measurements, each one `swinkit bench` command, and the issue's targets checked from their CSVs.
 
-    .venv/bin/python benchmarks/issue5.py                       # every run but the compiled ones (1-2 h, 2 cores)
+    .venv/bin/python benchmarks/issue5.py                       # every run but the compiled ones (2-3 h, 2 cores)
     .venv/bin/python benchmarks/issue5.py --only swin_t_infer   # one of them
     .venv/bin/python benchmarks/issue5.py --summary-only        # re-read the CSVs, print the target table
     .venv/bin/python benchmarks/issue5.py --only swin_t_bf16_b256_cuda_compile   # on a CUDA machine
@@ -39,6 +39,11 @@ RUNS = {  # name -> `swinkit bench` arguments (--out, --name and --threads are a
     "swin_t_bf16_b256_cuda_compile": "--model swin_tiny_patch4_window7_224 --batch-size 256 --dtype bfloat16 "
                                      "--device cuda --compile --mode infer --repeats 5 --libs swinkit,timm",
 }
+# the same runs with every library's process on swinkit's tuned allocator (swinkit.allocator), as swinkit's commands
+# run; Swin-T against timm's two paths only (torchvision and transformers are 3-4x behind either way)
+TUNED = ("swin_t_infer", "swinv2_t_w8_infer", "swin_t_train_b8", "swin_t_train_b16", "swinv2_t_w16_sweep")
+RUNS.update({f"{name}_tuned": RUNS[name].replace(f"--libs {ALL}", "--libs swinkit,timm,timm-sdpa")
+             + " --allocator tuned" for name in TUNED})
 CPU_RUNS = [name for name in RUNS if "compile" not in name]  # the default set; compiled runs on request
 
 
@@ -73,7 +78,7 @@ def _ours(rows: list[dict], **match) -> dict:
 
 def targets(name: str, rows: list[dict]) -> list[tuple[str, float | None, float, str]]:
     """(target, measured, bound, "<=" or ">=") for the issue's targets that this run measures."""
-    ours = _ours(rows)
+    name, ours = name.removesuffix("_tuned"), _ours(rows)
     if name in ("swin_t_infer", "swin_t_infer_compile", "swin_t_train_b8", "swin_t_train_b16",
                 "swin_t_bf16_b256_cuda_compile"):
         best = _best_timm(rows, ours.get("mode"))

@@ -161,6 +161,11 @@ def test_measure_isolated_runs_in_a_fresh_process_and_reports_errors():
                             f"torchvision has {sorted(bench.TORCHVISION_NAMES)}"}
 
 
+def test_measure_with_the_tuned_allocator():
+    out = bench.measure_isolated(dict(SPEC, allocator="tuned", count_macs=False), timeout=120)
+    assert out["iters"] == 2 and out["step_time_s"] > 0 and out["peak_mem_mb"] >= 0
+
+
 def test_child_environment_selects_timm_attention_path(monkeypatch):
     monkeypatch.setenv("TIMM_FUSED_ATTN", "2")
     assert "TIMM_FUSED_ATTN" not in bench._child_env("timm", 2)
@@ -208,7 +213,11 @@ def test_cli_throughput_and_sweep_write_csv_and_png(fake_measurements, tmp_path,
         rows = list(csv.DictReader(f))
     assert [(r["lib"], r["mode"], r["threads"]) for r in rows] == [
         ("swinkit", "infer", "2"), ("timm", "infer", "2"), ("swinkit", "train", "2"), ("timm", "train", "2")]
-    assert matplotlib.image.imread(tmp_path / "t.png").ndim == 3
+    assert matplotlib.image.imread(tmp_path / "t.png").ndim == 3 and {r["allocator"] for r in rows} == {"system"}
+    assert main(["bench", "--model", "swin_t", "--libs", "swinkit,timm", "--repeats", "1", "--allocator", "tuned",
+                 "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "swin_tiny_patch4_window7_224_224_b16_float32_infer_cpu_tuned.csv") as f:
+        assert [(r["lib"], r["allocator"]) for r in csv.DictReader(f)] == [("swinkit", "tuned"), ("timm", "tuned")]
     assert main(["bench", "--model", "swinv2_tiny_window16_256", "--sweep", "64", "128", "256",
                  "--batch-size", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     stem = "swinv2_tiny_window16_256_sweep64-256_b1_float32_infer_cpu"

@@ -90,6 +90,21 @@ def test_gather_partition_equals_pad_roll_partition(feat, win, shift):
     assert torch.equal(got.index_select(1, from_windows).view_as(x), x)
 
 
+@pytest.mark.parametrize("feat, win, shift, patterns", [((16, 16), (4, 4), (2, 2), 4), ((14, 22), (4, 4), (2, 2), 4),
+                                                       ((14, 22), (4, 4), (0, 0), 4), ((16, 16), (4, 4), (0, 0), 1)])
+def test_window_groups_share_one_mask_each(feat, win, shift, patterns):
+    """Inference takes windows group by group with one mask per group: every window's own mask is its group's."""
+    order, masks, counts = M.window_groups(feat, win, shift, torch.device("cpu"))
+    nW = len(M.window_labels(feat, win, shift, torch.device("cpu")))
+    assert sorted(order.tolist()) == list(range(nW)) and sum(counts) == nW and len(counts) == patterns
+    full = M.attention_mask(feat, win, shift, torch.device("cpu"))  # (nW, N, N) or None
+    if full is None:
+        assert masks is None
+        return
+    for own, group in zip(full[order].split(counts), masks):
+        assert torch.equal(own, group.expand_as(own))
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_compiled_model_fullgraph_matches_reference(version):
     ref, fast = _pair(version)

@@ -9,7 +9,7 @@ import torch.nn as nn
 from swinkit import viz
 from swinkit.cli import main
 from swinkit.config import SwinConfig
-from swinkit.model import REGION_MASK, SwinTransformer
+from swinkit.model import REGION_MASK, SwinTransformer, window_groups
 
 from conftest import randomize_, tiny_config
 
@@ -20,7 +20,8 @@ def _tiny(**overrides) -> SwinTransformer:
 
 def _capture_attend(blk):
     """Record (windows, bias) of every attention call of blk: the inference path and the autograd path both hand
-    their windows and the bias (position bias + mask) to blk.attn.attend. `del blk.attn.attend` restores it."""
+    their windows and the bias (position bias + mask) to blk.attn.attend. `del blk.attn.attend` restores it.
+    See _in_window_order for the inference path's order."""
     calls, attend = [], blk.attn.attend
 
     def record(x, bias):
@@ -29,6 +30,15 @@ def _capture_attend(blk):
 
     blk.attn.attend = record
     return calls
+
+
+def _in_window_order(calls, feat, win, shift):
+    """(windows (nW, N, C), biases (nW, h, N, N)) of one image from the inference path's calls, which come in
+    mask-pattern groups (model.window_groups) with one broadcast bias per call."""
+    back = window_groups(feat, win, shift, torch.device("cpu"))[0].argsort()
+    windows = torch.cat([c[0] for c in calls])
+    biases = torch.cat([c[1].expand(len(c[0]), -1, -1, -1) for c in calls])
+    return windows[back], biases[back]
 
 
 # ------------------------------------------------------------------------------------------------ windows
@@ -63,14 +73,15 @@ def test_windows_drawn_are_the_windows_the_block_builds(size):
     model = _tiny()
     d = viz.windows_data(model, size, stage=0)
     (h, w), (_, Wp) = d["feat"], d["padded"]
-    for blk, key in ((model.layers[0].blocks[0], "slots_regular"), (model.layers[0].blocks[1], "slots_shifted")):
+    for blk, key, shift in ((model.layers[0].blocks[0], "slots_regular", (0, 0)),
+                            (model.layers[0].blocks[1], "slots_shifted", d["shift"])):
         blk.norm1 = nn.Identity()  # let the ids reach attention unchanged
         ids = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w, 1).expand(1, h, w, blk.attn.dim)
         calls = _capture_attend(blk)
         with torch.no_grad():
             blk(ids.contiguous())
         del blk.attn.attend
-        seen = torch.cat([c[0] for c in calls])[..., 0]  # (nW, N)
+        seen = _in_window_order(calls, d["feat"], d["window"], shift)[0][..., 0]  # (nW, N)
         slots = d[key]
         y, x = slots // Wp, slots % Wp
         expected = torch.where((y < h) & (x < w), y * w + x + 1, 0).float()
@@ -94,7 +105,7 @@ def test_mask_drawn_is_the_mask_used_in_forward(size):
     calls = _capture_attend(blk)
     with torch.no_grad():
         model(torch.randn(1, 3, *size))
-    bias = torch.cat([c[1] for c in calls])  # (nW, h, N, N) = position bias + mask
+    bias = _in_window_order(calls, d["feat"], d["window"], d["shift"])[1]  # (nW, h, N, N) = position bias + mask
     used = bias - blk.attn.position_bias(d["window"])
     assert torch.equal(used.isinf(), d["mask"][:, None].isinf().expand_as(used))
     assert torch.allclose(used, d["mask"][:, None].expand_as(used), atol=1e-4)

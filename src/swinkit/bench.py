@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .allocator import tune_cpu_allocator
 from .checkpoint import atomic_write
 from .config import ALIASES, SwinConfig
 
@@ -39,8 +40,9 @@ TRAIN_PASSES = 3  # a training step costs about 3 forward passes of MACs (forwar
 RESULT_TAG = "SWINKIT_BENCH_RESULT "
 COLUMNS = [
     "model", "lib", "lib_model", "mode", "device", "dtype", "img_size", "batch_size", "threads", "compile",
-    "repeats", "params", "macs_per_image", "img_per_s", "step_time_s", "speed_vs_best_peer", "time_vs_best_peer",
-    "peak_mem_mb", "mem_vs_best_peer", "model_mem_mb", "matmul_gflops", "limit_img_per_s", "fraction_of_limit",
+    "allocator", "repeats", "params", "macs_per_image", "img_per_s", "step_time_s", "speed_vs_best_peer",
+    "time_vs_best_peer", "peak_mem_mb", "mem_vs_best_peer", "model_mem_mb", "matmul_gflops", "limit_img_per_s",
+    "fraction_of_limit",
     "time_exponent", "time_growth_vs_linear", "mem_exponent", "mem_growth_vs_linear",
     "runs_img_per_s", "runs_peak_mem_mb", "error", "lib_version", "torch_version", "machine", "date",
 ]
@@ -255,7 +257,10 @@ def measure(spec: dict) -> dict:
     """One library, one mode: build, time, read the peak memory above what the process held once the model
     and input were built (model_mem_mb: the model's own parameters and buffers); count MACs if asked.
     spec keys: lib, model, img_size, batch_size, dtype, mode, device, threads, compile, warmup, iters, min_time,
-    count_macs, swinkit_config. Meant for a fresh process (see measure_isolated): the peak is per process."""
+    count_macs, swinkit_config, allocator. Meant for a fresh process (see measure_isolated): the peak is per
+    process, and allocator="tuned" changes the process's malloc (swinkit.allocator) before anything is built."""
+    if spec.get("allocator") == "tuned":
+        tune_cpu_allocator()
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device, dtype, mode = spec["device"], getattr(torch, spec["dtype"]), spec["mode"]
@@ -399,10 +404,11 @@ def benchmark(model: str = "swin_tiny_patch4_window7_224", img_sizes: list[int] 
               dtype: str = "float32", modes: tuple[str, ...] = ("infer",), repeats: int = 5, device: str = "cpu",
               libs: list[str] | None = None, threads: int | None = None, compile: bool = False, warmup: int = 1,
               iters: int = 0, min_time: float = 2.0, timeout: float | None = None,
-              swinkit_config: dict | None = None, log=print) -> list[dict]:
+              swinkit_config: dict | None = None, allocator: str = "system", log=print) -> list[dict]:
     """Interleaved, isolated measurements of `libs` (default: every installed one) -> summary rows (COLUMNS).
     Per repeat: the matmul rate, then for each size and mode every library once. A library that fails (no
-    equivalent model, out of memory, timeout) is recorded with its error and not retried at that size/mode."""
+    equivalent model, out of memory, timeout) is recorded with its error and not retried at that size/mode.
+    allocator: "system" (the C library's defaults) or "tuned" (swinkit.allocator), the same for every library."""
     threads, previous_threads = threads or torch.get_num_threads(), torch.get_num_threads()
     img_sizes = img_sizes or [SwinConfig.from_name(model).img_size[0]]
     libs = list(libs or default_libs(model))
@@ -410,7 +416,8 @@ def benchmark(model: str = "swin_tiny_patch4_window7_224", img_sizes: list[int] 
         log(f"skipping {lib}: not installed")
         libs.remove(lib)
     base = dict(model=canonical(model), batch_size=batch_size, dtype=dtype, device=device, threads=threads,
-                compile=compile, warmup=warmup, iters=iters, min_time=min_time, swinkit_config=swinkit_config or {})
+                compile=compile, allocator=allocator, warmup=warmup, iters=iters, min_time=min_time,
+                swinkit_config=swinkit_config or {})
     stamp = dict(machine=machine(device), date=datetime.datetime.now().isoformat(timespec="seconds"),
                  torch_version=torch.__version__)
     torch.set_num_threads(threads)
@@ -581,6 +588,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help=f"comma-separated subset of {','.join(LIBS)} (default: all installed)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's current)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (static shapes)")
+    parser.add_argument("--allocator", choices=("system", "tuned"), default="system",
+                        help="every library's process: the C library's malloc as configured, or tuned as swinkit's "
+                             "other commands run (large blocks reused instead of page-faulted afresh; glibc only)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per measurement")
     parser.add_argument("--iters", type=int, default=0, help="timed steps per measurement (0: fill --min-time)")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps when --iters is 0")
@@ -609,12 +619,13 @@ def run(args: argparse.Namespace) -> int:
     libs = args.libs or (["swinkit", "timm"] if args.sweep else None)
     rows = benchmark(args.model, sizes, args.batch_size, args.dtype, ("infer",) if args.sweep else modes,
                      args.repeats, args.device, libs, args.threads, args.compile, args.warmup, args.iters,
-                     args.min_time, args.timeout, dict(args.swinkit_config))
+                     args.min_time, args.timeout, dict(args.swinkit_config), args.allocator)
     print_table(rows)
     if args.out:
         r0 = rows[0]
         size = f"sweep{min(args.sweep)}-{max(args.sweep)}" if args.sweep else r0["img_size"]
-        name = args.name or f"{r0['model']}_{size}_b{args.batch_size}_{args.dtype}_{args.mode}_{args.device}"
+        name = args.name or (f"{r0['model']}_{size}_b{args.batch_size}_{args.dtype}_{args.mode}_{args.device}"
+                             + ("_tuned" if args.allocator == "tuned" else ""))
         write_csv(rows, args.out / f"{name}.csv")
         (plot_sweep if args.sweep else plot_throughput)(rows, args.out / f"{name}.png")
         print(f"wrote {args.out / name}.csv and .png")

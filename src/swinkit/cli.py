@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from .allocator import tune_unless_disabled
+
 COMMANDS = {  # name -> (module, help)
     "models": ("swinkit.measure", "list every variant with measured parameters and FLOPs"),
     "train": ("swinkit.train", "train or fine-tune (embedded digits dataset when --data is not given)"),
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help or the usage error
         return 0
+    try:
+        tune_unless_disabled()  # before any tensor exists; see swinkit.allocator
+    except ValueError as e:
+        parser.error(str(e))
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd = argparse.ArgumentParser(prog=f"swinkit {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd, argv[0])

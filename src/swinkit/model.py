@@ -17,8 +17,8 @@ Pair = tuple[int, int]
 REGION_MASK = -100.0  # between tokens of different shift regions, as in the papers' code
 PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at least one real key)
 CACHE_SIZE = 128
-# inference runs a whole block on this many tokens at a time (rounded to windows): every intermediate stays small
-# enough to sit in cache and to be reused by the allocator instead of freshly page-faulted memory
+# inference runs a whole block on this many tokens at a time (rounded down to windows): every intermediate stays
+# small enough to sit in cache and to be reused by the allocator instead of freshly page-faulted memory
 INFER_CHUNK_TOKENS = 2048
 
 
@@ -111,6 +111,21 @@ def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> 
 
 
 @_cached
+def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+    """Windows grouped by mask pattern, so that every window of a group takes one (N, N) mask.
+
+    order (nW,): window indices, group after group; masks (P, N, N): each group's additive mask (None when the
+    map needs neither shift nor padding: one group, no mask); counts: windows per group. A shifted map has at
+    most 4 patterns (inner windows, last column, last row, corner), and so has a padded one."""
+    labels = window_labels(feat, win, shift, torch.device("cpu"))  # (nW, N); on CPU: also serves meta tensors
+    patterns, inverse, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
+    needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
+    masks = mask_from_labels(patterns).to(device) if needs_mask else None  # (P, N, N)
+    return torch.sort(inverse, stable=True).indices.to(device), masks, tuple(counts.tolist())
+
+
+@_cached
 def relative_position_index(win: Pair, table_win: Pair, device: torch.device) -> torch.Tensor:
     """(N, N) index into a (2*Th-1)*(2*Tw-1) table for the offsets inside a win window (win <= table_win),
     so a clamped window uses the learned entries of the same offsets."""
@@ -132,7 +147,7 @@ def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> 
 
 
 def clear_caches() -> None:
-    for f in (window_order, shift_regions, window_labels, attention_mask, relative_position_index,
+    for f in (window_order, shift_regions, window_labels, attention_mask, window_groups, relative_position_index,
               log_spaced_coords):
         f.cache_clear()
 
@@ -350,52 +365,38 @@ class SwinBlock(nn.Module):
             out[:, i:i + chunk] = self.attn(windows[:, i:i + chunk], win, mask, cache=False)
         return out
 
-    def _windows_per_chunk(self, nW: int, N: int) -> int:
-        """Windows per chunk of the inference path: about INFER_CHUNK_TOKENS tokens and within cfg.chunk_mb of
-        attention logits + bias, rounded to a divisor of nW (below one image) or a multiple of nW (above), so
-        each chunk's bias is a slice of one cached tensor."""
-        per_window = 4 * self.attn.num_heads * N * N * 2
-        c = max(1, min(INFER_CHUNK_TOKENS // N, int(self.chunk_mb * 2**20 // per_window)))
-        if c >= nW:
-            return c // nW * nW
-        return max(d for d in range(1, c + 1) if nW % d == 0)
-
     def _forward_windows(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: (B, H, W, C) -> (B, H, W, C), the whole block (attention and MLP, both residuals) one chunk
-        of windows at a time, each chunk gathered from and written back to its tokens' places. The output is
+        of windows at a time, each chunk gathered from and written back to its tokens' places. Chunks follow
+        window_groups, so a chunk's bias is one (1, h, N, N) slice that broadcasts over its windows. The output is
         the only full-size tensor; padded tokens are computed (their keys are masked) and cropped at the end."""
         B, H, W, C = x.shape
         win, shift = window_and_shift((H, W), self.window, self.shift)
         Hp, Wp = padded_size((H, W), win)
         N, L = win[0] * win[1], Hp * Wp
-        nW = L // N
         to_windows, _ = window_order((H, W), win, shift, x.device)
+        order, masks, counts = window_groups((H, W), win, shift, x.device)
+        bias = self.attn._cached_attention_bias(win, masks, 1)  # (P, h, N, N), (1, h, N, N) or None
         flat = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B * L, C)
-        index = (torch.arange(B, device=x.device)[:, None] * L + to_windows).flatten()  # (B*nW*N,) window order
-        c = self._windows_per_chunk(nW, N)
-        # one image's mask + bias is cached whole when small (every shifted block keeps its own), else each chunk
-        # builds its own mask
-        needs_mask = any(shift) or (Hp, Wp) != (H, W)
-        whole = nW * self.attn.num_heads * N * N * x.element_size() <= self.chunk_mb * 2**20 / 8
-        mask = attention_mask((H, W), win, shift, x.device) if needs_mask and whole else None
-        labels = window_labels((H, W), win, shift, x.device) if needs_mask and not whole else None
-        bias = self.attn._cached_attention_bias(win, mask, max(1, c // nW))
-        out = torch.empty_like(flat)
-        for i in range(0, B * nW, c):
-            n = min(c, B * nW - i)
-            idx = index[i * N:(i + n) * N]
-            xw = flat.index_select(0, idx).view(n, N, C)
-            b = bias if bias is None or bias.shape[0] == 1 else bias[i % nW:i % nW + n]  # (n or 1, h, N, N)
-            if labels is not None:
-                chunk_mask = mask_from_labels(labels[i % nW:i % nW + n])[:, None]  # (n, 1, N, N)
-                b = chunk_mask if b is None else b + chunk_mask
-            if self.v2:
-                xw = xw + self.norm1(self.attn.attend(xw, b))
-                xw = xw + self.norm2(self.mlp(xw))
-            else:
-                xw = xw + self.attn.attend(self.norm1(xw), b)
-                xw = xw + self.mlp(self.norm2(xw))
-            out.index_copy_(0, idx, xw.view(n * N, C))
+        windows = to_windows.view(-1, N)[order]  # (nW, N) padded-map positions, group after group
+        per_window = x.element_size() * self.attn.num_heads * N * N * 2  # attention logits + bias
+        c = max(1, min(INFER_CHUNK_TOKENS // N, int(self.chunk_mb * 2**20 // per_window)))  # windows per chunk
+        image_start = torch.arange(B, device=x.device)[:, None, None] * L
+        out, start = torch.empty_like(flat), 0
+        for g, count in enumerate(counts):
+            index = (image_start + windows[start:start + count]).flatten()  # (B*count*N,) this group's tokens
+            start += count
+            b = bias if masks is None else bias[g:g + 1]
+            for i in range(0, B * count * N, c * N):
+                idx = index[i:i + c * N]
+                xw = flat.index_select(0, idx).view(-1, N, C)  # (n, N, C)
+                if self.v2:
+                    xw = xw + self.norm1(self.attn.attend(xw, b))
+                    xw = xw + self.norm2(self.mlp(xw))
+                else:
+                    xw = xw + self.attn.attend(self.norm1(xw), b)
+                    xw = xw + self.mlp(self.norm2(xw))
+                out.index_copy_(0, idx, xw.view(-1, C))
         out = out.view(B, Hp, Wp, C)
         return out if (Hp, Wp) == (H, W) else out[:, :H, :W].contiguous()
 
