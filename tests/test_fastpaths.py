@@ -51,10 +51,10 @@ def test_chunked_attention_matches_reference(version):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("tokens", [16, 100, 10**6])  # a divisor of one image's windows, several images, all
+@pytest.mark.parametrize("tokens", [16, 100, 10**6])  # 1 window of 16 tokens per chunk, 6, a whole mask group
 def test_windowed_inference_path_matches_reference(version, tokens, monkeypatch):
-    """The inference path runs whole blocks per chunk of windows (parts of an image, or several images with a
-    shorter last chunk) and writes tokens back in place; the result equals the plain path."""
+    """The inference path runs whole blocks per chunk of windows (grouped by mask pattern across the batch, with
+    a shorter last chunk per group) and writes tokens back in place; the result equals the plain path."""
     monkeypatch.setattr(M, "INFER_CHUNK_TOKENS", tokens)
     ref, fast = _pair(version)
     for size in SIZES:
@@ -91,7 +91,8 @@ def test_gather_partition_equals_pad_roll_partition(feat, win, shift):
 
 
 @pytest.mark.parametrize("feat, win, shift, patterns", [((16, 16), (4, 4), (2, 2), 4), ((14, 22), (4, 4), (2, 2), 4),
-                                                       ((14, 22), (4, 4), (0, 0), 4), ((16, 16), (4, 4), (0, 0), 1)])
+                                                       ((14, 22), (4, 4), (0, 0), 4), ((16, 16), (4, 4), (0, 0), 1),
+                                                       ((23, 23), (7, 7), (3, 3), 9)])  # pad 5 + shift 3 > 7
 def test_window_groups_share_one_mask_each(feat, win, shift, patterns):
     """Inference takes windows group by group with one mask per group: every window's own mask is its group's."""
     order, masks, counts = M.window_groups(feat, win, shift, torch.device("cpu"))

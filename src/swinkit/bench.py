@@ -42,8 +42,7 @@ COLUMNS = [
     "model", "lib", "lib_model", "mode", "device", "dtype", "img_size", "batch_size", "threads", "compile",
     "allocator", "repeats", "params", "macs_per_image", "img_per_s", "step_time_s", "speed_vs_best_peer",
     "time_vs_best_peer", "peak_mem_mb", "mem_vs_best_peer", "model_mem_mb", "matmul_gflops", "limit_img_per_s",
-    "fraction_of_limit",
-    "time_exponent", "time_growth_vs_linear", "mem_exponent", "mem_growth_vs_linear",
+    "fraction_of_limit", "time_exponent", "time_growth_vs_linear", "mem_exponent", "mem_growth_vs_linear",
     "runs_img_per_s", "runs_peak_mem_mb", "error", "lib_version", "torch_version", "machine", "date",
 ]
 

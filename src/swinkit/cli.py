@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints help or the usage error
         return 0
     try:
-        tune_unless_disabled()  # before any tensor exists; see swinkit.allocator
+        tune_unless_disabled()  # before the command allocates its model and data; see swinkit.allocator
     except ValueError as e:
         parser.error(str(e))
     module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -91,7 +91,8 @@ class SwinConfig:
         kwargs = {**VARIANTS[name]["config"], "name": name}
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(cls)]}")
+            valid = [f.name for f in dataclasses.fields(cls)]
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {valid}")
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
 

@@ -116,8 +116,8 @@ def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device
     """Windows grouped by mask pattern, so that every window of a group takes one (N, N) mask.
 
     order (nW,): window indices, group after group; masks (P, N, N): each group's additive mask (None when the
-    map needs neither shift nor padding: one group, no mask); counts: windows per group. A shifted map has at
-    most 4 patterns (inner windows, last column, last row, corner), and so has a padded one."""
+    map needs neither shift nor padding: one group, no mask); counts: windows per group. Shift or padding alone
+    gives at most 4 patterns (inner windows, last column, last row, corner); together a few more."""
     labels = window_labels(feat, win, shift, torch.device("cpu"))  # (nW, N); on CPU: also serves meta tensors
     patterns, inverse, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
     needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
