@@ -101,11 +101,16 @@ def mask_from_labels(labels: torch.Tensor) -> torch.Tensor:
     return mask.masked_fill(labels[:, None, :] < 0, PAD_MASK)
 
 
+def needs_mask(feat: Pair, win: Pair, shift: Pair) -> bool:
+    """Whether attention on this map needs a mask at all: a shift or padding."""
+    return any(shift) or padded_size(feat, win) != tuple(feat)
+
+
 @_cached
 def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor | None:
     """Additive mask (nW, N, N) for the shifted, padded map: REGION_MASK across regions, PAD_MASK on padded
     keys; None when neither applies."""
-    if not any(shift) and padded_size(feat, win) == tuple(feat):
+    if not needs_mask(feat, win, shift):
         return None
     return mask_from_labels(window_labels(feat, win, shift, device))
 
@@ -120,8 +125,7 @@ def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device
     gives at most 4 patterns (inner windows, last column, last row, corner); together a few more."""
     labels = window_labels(feat, win, shift, torch.device("cpu"))  # (nW, N); on CPU: also serves meta tensors
     patterns, inverse, counts = torch.unique(labels, dim=0, return_inverse=True, return_counts=True)
-    needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
-    masks = mask_from_labels(patterns).to(device) if needs_mask else None  # (P, N, N)
+    masks = mask_from_labels(patterns).to(device) if needs_mask(feat, win, shift) else None  # (P, N, N)
     return torch.sort(inverse, stable=True).indices.to(device), masks, tuple(counts.tolist())
 
 
@@ -357,11 +361,10 @@ class SwinBlock(nn.Module):
         chunk = max(1, int(self.chunk_mb * 2**20 // per_window))
         if chunk >= nW:
             return self.attn(windows, win, attention_mask(feat, win, shift, windows.device))
-        needs_mask = any(shift) or padded_size(feat, win) != tuple(feat)
-        labels = window_labels(feat, win, shift, windows.device) if needs_mask else None
+        labels = window_labels(feat, win, shift, windows.device) if needs_mask(feat, win, shift) else None
         out = windows.new_empty(windows.shape)
         for i in range(0, nW, chunk):
-            mask = mask_from_labels(labels[i:i + chunk]) if needs_mask else None
+            mask = None if labels is None else mask_from_labels(labels[i:i + chunk])
             out[:, i:i + chunk] = self.attn(windows[:, i:i + chunk], win, mask, cache=False)
         return out
 
