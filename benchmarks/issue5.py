@@ -27,10 +27,11 @@ RUNS = {  # name -> `swinkit bench` arguments (--out, --name and --threads are a
                     f"--libs {ALL}",
     "swinv2_t_w8_infer": "--model swinv2_tiny_window8_256 --batch-size 16 --mode infer --repeats 5 --warmup 3 "
                          "--libs swinkit,timm,torchvision,transformers",
+    # training steps take 2-4 s: 8 s of timed steps gives each process a median of 3-5 steps, not a single one
     "swin_t_train_b8": f"--model swin_tiny_patch4_window7_224 --batch-size 8 --mode train --repeats 5 --warmup 2 "
-                       f"--libs {ALL}",
+                       f"--min-time 8 --libs {ALL}",
     "swin_t_train_b16": f"--model swin_tiny_patch4_window7_224 --batch-size 16 --mode train --repeats 3 --warmup 2 "
-                        f"--libs {ALL}",
+                        f"--min-time 8 --libs {ALL}",
     "swinv2_t_w16_sweep": "--model swinv2_tiny_window16_256 --sweep 512 1024 1536 2048 --batch-size 1 --repeats 3 "
                           "--libs swinkit,timm",
     "swinv2_t_w16_4096": "--model swinv2_tiny_window16_256 --sweep 4096 --batch-size 1 --repeats 1 --libs swinkit",
@@ -40,7 +41,7 @@ RUNS = {  # name -> `swinkit bench` arguments (--out, --name and --threads are a
                                      "--device cuda --compile --mode infer --repeats 5 --libs swinkit,timm",
 }
 # the same runs with every library's process on swinkit's tuned allocator (swinkit.allocator), as swinkit's commands
-# run; Swin-T against timm's two paths only (torchvision and transformers are 3-4x behind either way)
+# run; Swin-T against timm's two paths only, to keep these runs short
 TUNED = ("swin_t_infer", "swinv2_t_w8_infer", "swin_t_train_b8", "swin_t_train_b16", "swinv2_t_w16_sweep")
 RUNS.update({f"{name}_tuned": RUNS[name].replace(f"--libs {ALL}", "--libs swinkit,timm,timm-sdpa")
              + " --allocator tuned" for name in TUNED})

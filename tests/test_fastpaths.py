@@ -63,6 +63,32 @@ def test_windowed_inference_path_matches_reference(version, tokens, monkeypatch)
             assert (fast(x) - _reference(ref, x)).abs().max() <= 1e-5
 
 
+def test_token_chunks_are_for_cpu_only(monkeypatch):
+    """CPU inference takes INFER_CHUNK_TOKENS tokens of windows per block call; other devices (here: meta) take
+    each mask group whole while it fits chunk_mb."""
+    monkeypatch.setattr(M, "INFER_CHUNK_TOKENS", 16)  # one 4x4 window per call on CPU
+    model = SwinTransformer(tiny_config()).eval()
+    calls = []
+    model.layers[0].blocks[0].mlp.register_forward_hook(lambda *_: calls.append(1))  # unshifted: one mask group
+    counts = {}
+    for device in ("cpu", "meta"):
+        calls.clear()
+        with torch.inference_mode():
+            model.to(device)(torch.randn(2, 3, 64, 64, device=device))  # stage 0: 16x16 map, 16 windows an image
+        counts[device] = len(calls)
+    assert counts == {"cpu": 32, "meta": 1}
+
+
+def test_model_built_under_inference_mode_runs_uncached():
+    """Parameters made under inference_mode have no version counter to key the bias cache on."""
+    ref, _ = _pair(1)
+    x = torch.randn(2, 3, 45, 70)
+    with torch.inference_mode():
+        fast = SwinTransformer(tiny_config(version=1)).eval()  # inference-tensor parameters
+        fast.load_state_dict(ref.state_dict())
+        assert (fast(x) - _reference(ref, x)).abs().max() <= 1e-5
+
+
 def test_inference_cache_follows_weight_updates():
     model = randomize_(SwinTransformer(tiny_config())).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -265,6 +265,21 @@ def test_stochastic_depth_is_linear_and_only_in_training():
     assert torch.equal(_logits(model, x), _logits(model, x))
 
 
+def test_drop_path_keeps_or_drops_whole_samples_and_rescales_the_kept():
+    from swinkit.model import DropPath
+
+    dp, shortcut = DropPath(0.25).train(), torch.randn(400, 3, 5)
+    branch = torch.randn(400, 3, 5, requires_grad=True)
+    out = dp(shortcut, branch)
+    kept = (out - shortcut).flatten(1).abs().sum(1) > 0  # per sample: the whole branch or nothing
+    assert torch.allclose(out[kept], shortcut[kept] + branch[kept] / 0.75, atol=1e-6)
+    assert torch.equal(out[~kept], shortcut[~kept]) and 0.6 < kept.float().mean() < 0.9
+    out.sum().backward()
+    assert torch.allclose(branch.grad[kept], torch.full_like(branch[kept], 1 / 0.75))
+    assert torch.equal(branch.grad[~kept], torch.zeros_like(branch[~kept]))
+    assert torch.equal(dp.eval()(shortcut, branch), shortcut + branch)
+
+
 def test_no_weight_decay_and_reset_classifier():
     model = SwinTransformer(tiny_config(version=2))
     nwd = model.no_weight_decay()
@@ -315,9 +330,10 @@ def test_non_square_and_per_stage_windows():
     assert torch.isfinite(model(torch.randn(1, 3, 64, 52))).all()
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("version", [1, 2])
-def test_bfloat16_autocast_and_cast_model_stay_close_to_float32(version):
-    model = randomize_(SwinTransformer(tiny_config(version=version)))
+def test_bfloat16_autocast_and_cast_model_stay_close_to_float32(version, fused):
+    model = randomize_(SwinTransformer(tiny_config(version=version, fused_attn=fused)))
     x = torch.randn(2, 3, 45, 70)
     ref = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -17,8 +17,9 @@ Pair = tuple[int, int]
 REGION_MASK = -100.0  # between tokens of different shift regions, as in the papers' code
 PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at least one real key)
 CACHE_SIZE = 128
-# inference runs a whole block on this many tokens at a time (rounded down to windows): every intermediate stays
-# small enough to sit in cache and to be reused by the allocator instead of freshly page-faulted memory
+# CPU inference runs a whole block on this many tokens at a time (rounded down to windows): every intermediate
+# stays small enough to sit in cache and to be reused by the allocator instead of freshly page-faulted memory.
+# Other devices have neither reason and keep only the chunk_mb budget (thousands of small launches would cost more).
 INFER_CHUNK_TOKENS = 2048
 
 
@@ -48,6 +49,11 @@ def window_and_shift(feat: Pair, window: Pair, shift: bool) -> tuple[Pair, Pair]
 
 def padded_size(feat: Pair, win: Pair) -> Pair:
     return tuple(math.ceil(f / w) * w for f, w in zip(feat, win))
+
+
+def pad(x: torch.Tensor, amounts: tuple[int, ...]) -> torch.Tensor:
+    """F.pad with zeros, returning x itself when every amount is 0 (F.pad would copy it)."""
+    return F.pad(x, amounts) if any(amounts) else x
 
 
 @_cached
@@ -88,10 +94,10 @@ def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> t
 def window_labels(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..8),
     or -1 for padding."""
-    pad = torch.ones(padded_size(feat, win), dtype=torch.bool, device=device)
-    pad[:feat[0], :feat[1]] = False
-    pad = torch.roll(pad, (-shift[0], -shift[1]), (0, 1))  # padding moves with the cyclic shift
-    labels = shift_regions(feat, win, shift, device).masked_fill(pad, -1)  # regions live in the rolled frame
+    padding = torch.ones(padded_size(feat, win), dtype=torch.bool, device=device)
+    padding[:feat[0], :feat[1]] = False
+    padding = torch.roll(padding, (-shift[0], -shift[1]), (0, 1))  # padding moves with the cyclic shift
+    labels = shift_regions(feat, win, shift, device).masked_fill(padding, -1)  # regions live in the rolled frame
     return window_partition(labels[None, ..., None], win)[..., 0]  # (nW, N)
 
 
@@ -209,29 +215,28 @@ class WindowAttention(nn.Module):
         index = relative_position_index(win, self.window, table.device)
         return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
 
-    def attention_bias(self, win: Pair, mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """Position bias plus mask for `batch` images: (B*nW, h, N, N) with a mask, else (1, h, N, N).
-
-        The mask is expanded over the batch so that q, k, v stay views of the qkv projection in the
-        (B*nW, h, N, d) layout that scaled_dot_product_attention's fused kernel takes (4-D bias required)."""
+    def attention_bias(self, win: Pair, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Position bias plus mask: (nW, h, N, N) with an (nW, N, N) mask, (1, h, N, N) without, or None."""
         bias = self.position_bias(win)  # (h, N, N) or None
         if mask is None:
             return None if bias is None else bias[None]
-        bias = mask[:, None] if bias is None else bias + mask[:, None]  # (nW, h or 1, N, N)
-        nW, _, N, _ = bias.shape
-        return bias.expand(batch, nW, self.num_heads, N, N).reshape(batch * nW, self.num_heads, N, N)
+        mask = mask.to(self.qkv.weight.dtype)[:, None]  # a bfloat16 model takes a bfloat16 mask
+        return mask if bias is None else bias + mask
 
-    def _cached_attention_bias(self, win: Pair, mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """attention_bias, computed once per (window, mask, batch) in inference and reused while the
-        position parameters are unchanged (their version counters are part of the key)."""
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self.attention_bias(win, mask, batch)
-        key, versions = (win, id(mask), batch), tuple(p._version for p in self._position_params())
+    def _cached_attention_bias(self, win: Pair, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """attention_bias, computed once per (window, mask) in inference and reused while the position
+        parameters are unchanged (their version counters are part of the key; parameters made under
+        inference_mode have none, so they are not cached)."""
+        params = self._position_params()
+        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or any(p.is_inference() for p in params)):
+            return self.attention_bias(win, mask)
+        key, versions = (win, id(mask)), tuple(p._version for p in params)
         hit = self._bias_cache.get(key)
         if hit is None or hit[0] is not mask or hit[1] != versions:
             if len(self._bias_cache) >= 2:
                 self._bias_cache.clear()
-            hit = self._bias_cache[key] = (mask, versions, self.attention_bias(win, mask, batch))
+            hit = self._bias_cache[key] = (mask, versions, self.attention_bias(win, mask))
         return hit[2]
 
     def _position_params(self) -> list[torch.Tensor]:
@@ -242,14 +247,15 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None, cache: bool = True) -> torch.Tensor:
         """x: (B, nW, N, C) windows of B images; mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
         B, nW, N, C = x.shape
-        bias = self._cached_attention_bias(win, mask, B) if cache else self.attention_bias(win, mask, B)
+        bias = self._cached_attention_bias(win, mask) if cache else self.attention_bias(win, mask)
         out = self.attend(x.reshape(B * nW, N, C), bias)
         if self.keep_attn:
             self.last_attn = self.last_attn.view(B, nW, self.num_heads, N, N)
         return out.view(B, nW, N, C)
 
     def attend(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x: (n, N, C) windows; bias: (n or 1, h, N, N) additive or None. Returns (n, N, C)."""
+        """x: (n, N, C) windows; bias: (P, h, N, N) additive with window i taking bias[i % P], or None.
+        Returns (n, N, C)."""
         n, N, C = x.shape
         h = self.num_heads
         qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias)) \
@@ -264,10 +270,14 @@ class WindowAttention(nn.Module):
         # on CPU a bias that needs a gradient sends SDPA to its math path, slower than the explicit one
         cpu_bias_grad = x.device.type == "cpu" and bias is not None and bias.requires_grad
         if self.fused and not self.keep_attn and not cpu_bias_grad:
+            if bias is not None and bias.shape[0] > 1:  # the fused kernel takes a 4-D bias: one per window
+                bias = bias.expand(n // bias.shape[0], -1, h, N, N).reshape(n, h, N, N)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=scale)
         else:
-            attn = (q * scale) @ k.transpose(-2, -1)
-            attn = (attn if bias is None else attn + bias).softmax(-1)  # (n, h, N, N)
+            attn = (q * scale) @ k.transpose(-2, -1)  # (n, h, N, N)
+            if bias is not None:  # broadcast over (n / P, P, h, N, N), no per-window copy of the bias
+                attn = (attn.view(-1, bias.shape[0], h, N, N) + bias).view(n, h, N, N)
+            attn = attn.softmax(-1)
             if self.keep_attn:
                 self.last_attn = attn.detach()
             out = F.dropout(attn, drop) @ v
@@ -280,17 +290,18 @@ class WindowAttention(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability p."""
+    """Stochastic depth on a residual: shortcut + branch, the branch of each sample dropped with probability p
+    (kept ones scaled by 1 / (1 - p)) in one fused multiply-add."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, shortcut: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+            return shortcut + branch
+        keep = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(1 - self.p)
+        return torch.addcmul(shortcut, branch, keep.div_(1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -348,7 +359,7 @@ class SwinBlock(nn.Module):
         win, shift = window_and_shift((H, W), self.window, self.shift)
         Hp, Wp = padded_size((H, W), win)
         to_windows, from_windows = window_order((H, W), win, shift, x.device)
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B, Hp * Wp, C)
+        x = pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B, Hp * Wp, C)
         windows = x.index_select(1, to_windows).view(B, -1, win[0] * win[1], C)  # (B, nW, N, C)
         out = self._window_attention(windows, (H, W), win, shift)
         return out.view(B, -1, C).index_select(1, from_windows).view(B, H, W, C)
@@ -379,11 +390,12 @@ class SwinBlock(nn.Module):
         N, L = win[0] * win[1], Hp * Wp
         to_windows, _ = window_order((H, W), win, shift, x.device)
         order, masks, counts = window_groups((H, W), win, shift, x.device)
-        bias = self.attn._cached_attention_bias(win, masks, 1)  # (P, h, N, N), (1, h, N, N) or None
-        flat = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B * L, C)
+        bias = self.attn._cached_attention_bias(win, masks)  # (P, h, N, N), (1, h, N, N) or None
+        flat = pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B * L, C)
         windows = to_windows.view(-1, N)[order]  # (nW, N) padded-map positions, group after group
         per_window = x.element_size() * self.attn.num_heads * N * N * 2  # attention logits + bias
-        c = max(1, min(INFER_CHUNK_TOKENS // N, int(self.chunk_mb * 2**20 // per_window)))  # windows per chunk
+        c = int(self.chunk_mb * 2**20 // per_window)  # windows per chunk
+        c = max(1, min(c, INFER_CHUNK_TOKENS // N) if x.device.type == "cpu" else c)
         image_start = torch.arange(B, device=x.device)[:, None, None] * L
         out, start = torch.empty_like(flat), 0
         for g, count in enumerate(counts):
@@ -408,10 +420,10 @@ class SwinBlock(nn.Module):
         if not (self.training or torch.is_grad_enabled() or self.attn.keep_attn or torch.compiler.is_compiling()):
             return self._forward_windows(x)
         if self.v2:
-            x = x + self.drop_path(self.norm1(self._attention(x)))
-            return x + self.drop_path(self.norm2(self.mlp(x)))
-        x = x + self.drop_path(self._attention(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.drop_path(x, self.norm1(self._attention(x)))
+            return self.drop_path(x, self.norm2(self.mlp(x)))
+        x = self.drop_path(x, self._attention(self.norm1(x)))
+        return self.drop_path(x, self.mlp(self.norm2(x)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,7 +442,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, ceil(H/p), ceil(W/p), D)."""
         p = self.patch_size
-        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        x = pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -447,7 +459,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
         B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = x.view(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C)  # (B, H/2, dy, W/2, dx, C)
         x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, (H + 1) // 2, (W + 1) // 2, 4 * C)  # order (dx, dy)
         return self.norm(self.reduction(x)) if self.v2 else self.reduction(self.norm(x))

@@ -699,7 +699,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def train(cfg: dict) -> dict:
     """Run training with resolved settings (see `resolve_config`); returns summary.json's content."""
     try:
-        return Trainer(cfg).fit()
+        summary = Trainer(cfg).fit()
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still talks to it
+        return summary
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
