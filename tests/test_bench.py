@@ -239,3 +239,19 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", *argv])
     assert message in str(e.value.code) + capsys.readouterr().err
+
+
+def test_paired_script_builds_timm_sdpa_in_process_and_restores_timms_default():
+    """benchmarks/paired.py holds every library in one process: timm-sdpa must take timm's SDPA path, and the
+    timm model built after it timm's default explicit path, as TIMM_FUSED_ATTN does for separate processes."""
+    pytest.importorskip("timm")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+    spec = importlib.util.spec_from_file_location("paired", path)
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    sdpa, default = paired.build("timm-sdpa", "swin_t"), paired.build("timm", "swin_t")
+    assert all(blk.attn.fused_attn for stage in sdpa.layers for blk in stage.blocks)
+    assert not any(blk.attn.fused_attn for stage in default.layers for blk in stage.blocks)
