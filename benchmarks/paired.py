@@ -68,10 +68,10 @@ def main() -> None:
     rows = []
     for lib in libs:
         ratios = [p / s for p, s in zip(times[lib], times["swinkit"])]  # > 1: swinkit faster in that round
-        rows.append(dict(lib=lib, median_step_s=round(statistics.median(times[lib]), 4),
-                         swinkit_speedup_median=round(statistics.median(ratios), 3),
-                         swinkit_speedup_min=round(min(ratios), 3), swinkit_speedup_max=round(max(ratios), 3)))
-        row = rows[-1]
+        row = dict(lib=lib, median_step_s=round(statistics.median(times[lib]), 4),
+                   swinkit_speedup_median=round(statistics.median(ratios), 3),
+                   swinkit_speedup_min=round(min(ratios), 3), swinkit_speedup_max=round(max(ratios), 3))
+        rows.append(row)
         print(f"{lib:13s} {row['median_step_s']:.3f} s/step   swinkit speed-up x{row['swinkit_speedup_median']:.3f}"
               f" (rounds: {row['swinkit_speedup_min']:.3f}-{row['swinkit_speedup_max']:.3f})")
     path = HERE / f"paired_{args.model}_{args.mode}_b{args.batch_size}.csv"

@@ -227,9 +227,10 @@ class WindowAttention(nn.Module):
         """attention_bias, computed once per (window, mask) in inference and reused while the position
         parameters are unchanged (their version counters are part of the key; parameters made under
         inference_mode have none, so they are not cached)."""
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.attention_bias(win, mask)
         params = self._position_params()
-        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or any(p.is_inference() for p in params)):
+        if any(p.is_inference() for p in params):
             return self.attention_bias(win, mask)
         key, versions = (win, id(mask)), tuple(p._version for p in params)
         hit = self._bias_cache.get(key)
