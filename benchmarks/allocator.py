@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from swinkit import bench
+from swinkit.tools import bench
 from swinkit.config import SwinConfig
 
 HERE = Path(__file__).resolve().parent

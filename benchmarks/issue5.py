@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from swinkit import bench
+from swinkit.tools import bench
 from swinkit.cli import main as swinkit
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import swinkit
-from swinkit import bench
+from swinkit.tools import bench
 from swinkit.config import SwinConfig
 
 HERE = Path(__file__).resolve().parent

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from swinkit import bench
+from swinkit.tools import bench
 from swinkit.cli import main
 from swinkit.config import SwinConfig
-from swinkit.measure import count_macs, count_params
+from swinkit.tools.measure import count_macs, count_params
 
 TINY = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_classes=7)  # swinkit_config
 SPEC = dict(lib="swinkit", model="swin_t", img_size=32, batch_size=2, dtype="float32", mode="infer", device="cpu",

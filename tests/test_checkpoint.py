@@ -15,10 +15,10 @@ import torch.nn.functional as F
 
 import swinkit
 from swinkit import SwinTransformer, load_model, save_model
-from swinkit import checkpoint as ckpt_mod
-from swinkit.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from swinkit.io import checkpoint as ckpt_mod
+from swinkit.io.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from swinkit.cli import main as cli
-from swinkit.convert import convert_state_dict
+from swinkit.io.convert import convert_state_dict
 
 from conftest import FIXTURES, randomize_, tiny_config
 from test_convert import TOL, logits, peer_logits, peer_model

@@ -5,7 +5,7 @@ import torch
 
 import swinkit
 from swinkit.config import ALIASES, VARIANTS, SwinConfig
-from swinkit.measure import measure_variant
+from swinkit.tools.measure import measure_variant
 
 PUBLISHED = [n for n in VARIANTS if n not in ALIASES and VARIANTS[n]["paper_params_m"] is not None]
 
@@ -77,7 +77,7 @@ def test_meta_build_of_giant_costs_no_memory():
 
 def test_macs_counted_alike_on_cpu_and_meta():
     from conftest import tiny_config
-    from swinkit.measure import count_macs
+    from swinkit.tools.measure import count_macs
 
     cfg = tiny_config()
     cpu = swinkit.SwinTransformer(cfg).eval()

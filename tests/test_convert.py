@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from swinkit import SwinTransformer
-from swinkit.convert import FORMATS, convert_state_dict, detect_format, infer_config
+from swinkit.io.convert import FORMATS, convert_state_dict, detect_format, infer_config
 
 from conftest import FIXTURES, randomize_, tiny_config
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2), num_heads=(2, 4, 8))  # stage maps 16, 8, 4 at 64 px
-TOL = {"timm": 1e-5, "torchvision": 1e-5, "hf": 1e-4, "official": 1e-5}
+TOL = {"timm": 1e-5, "torchvision": 1e-5, "hf": 1e-5, "official": 1e-5}  # measured: <= 2.4e-7 (3 seeds)
 
 
 def peer_model(lib: str, version: int, window: int = 4):
@@ -100,7 +100,7 @@ def test_official_fixture_parity_and_exact_round_trip(version):
 
 
 def _imported(sd):
-    from swinkit.convert import to_swinkit
+    from swinkit.io.convert import to_swinkit
 
     imp = to_swinkit(sd)
     return imp.state_dict, imp.buffers

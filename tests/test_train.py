@@ -19,7 +19,7 @@ import swinkit
 from swinkit import train as train_mod
 from swinkit.cli import main
 from swinkit.config import SwinConfig
-from swinkit.model import SwinTransformer
+from swinkit import SwinTransformer
 
 ARCH = ["--model", "swin_t", "--img-size", "16", "--patch-size", "2", "--window-size", "4", "--embed-dim", "16",
         "--depths", "2", "1", "--num-heads", "1", "2"]
@@ -281,7 +281,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_pa
 
 
 def test_pretrained_reinitialises_the_head_and_keeps_the_backbone(folder, tmp_path):
-    pytest.importorskip("swinkit.checkpoint")
+    pytest.importorskip("swinkit.io.checkpoint")
     assert train(folder, tmp_path / "src", "--epochs", "1") == 0
     two = tmp_path / "two"
     for split in ("train", "val"):

@@ -12,14 +12,14 @@ import sys
 from .allocator import tune_unless_disabled
 
 COMMANDS = {  # name -> (module, help)
-    "models": ("swinkit.measure", "list every variant with measured parameters and FLOPs"),
+    "models": ("swinkit.tools.measure", "list every variant with measured parameters and FLOPs"),
     "train": ("swinkit.train", "train or fine-tune (embedded digits dataset when --data is not given)"),
     "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on an image folder"),
     "predict": ("swinkit.predict", "classify image files with a checkpoint"),
-    "inspect": ("swinkit.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
-    "convert": ("swinkit.checkpoint", "convert a checkpoint between formats"),
-    "bench": ("swinkit.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),
-    "viz": ("swinkit.viz", "draw windows, masks, position bias, attention, receptive field, complexity"),
+    "inspect": ("swinkit.io.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
+    "convert": ("swinkit.io.checkpoint", "convert a checkpoint between formats"),
+    "bench": ("swinkit.tools.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),
+    "viz": ("swinkit.tools.viz", "draw windows, masks, position bias, attention, receptive field, complexity"),
 }
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
+WINDOW_MODES = ("clamp", "pad")
+INFERENCE_PATHS = ("auto", "windows", "plain")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -53,6 +55,14 @@ class SwinConfig:
     pos_embed: str = "relative"           # ablation: none | absolute | relative | absolute+relative
     fused_attn: bool = True               # scaled_dot_product_attention instead of explicit softmax
     chunk_mb: float = 256            # memory budget of one attention / MLP call; larger inputs run in chunks
+    # clamp: a map no larger than the window is one unshifted window, padded keys masked (classification, timm);
+    # pad: every block pads to a window multiple and keeps its shift, padded zeros attended (official detection /
+    # segmentation code, mmseg, transformers' backbones)
+    window_mode: str = "clamp"
+    # eval without grad: windows = whole blocks on chunks of windows, plain = one pass per block like training;
+    # auto = windows on CPU for blocks of >= WINDOWS_MIN_TOKENS tokens, plain elsewhere. Training, torch.compile,
+    # tracing and export always take the plain path.
+    inference_path: str = "auto"
 
     def __post_init__(self):
         self.img_size = _pair(self.img_size)
@@ -67,6 +77,10 @@ class SwinConfig:
         self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes")
         if self.version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, got {self.version}")
+        if self.window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {self.window_mode!r}")
+        if self.inference_path not in INFERENCE_PATHS:
+            raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {self.inference_path!r}")
         if self.pos_embed not in POS_EMBED_CHOICES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
         for i, (d, h) in enumerate(zip(self.depths, self.num_heads)):

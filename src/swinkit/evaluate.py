@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .config import SwinConfig
-from .checkpoint import atomic_write
+from .io.checkpoint import atomic_write
 from .data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, eval_transform
-from .model import SwinTransformer
+from .models.swin import SwinTransformer
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -62,7 +62,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp_dtype: to
 
 def load_for_inference(path: str | Path) -> tuple[SwinTransformer, list[str], dict]:
     """(model in eval mode, class names, eval data config) from a run directory (its best.pt), a swinkit
-    training checkpoint, or any file `swinkit.checkpoint.load_model` reads (class names then come from the
+    training checkpoint, or any file `swinkit.io.checkpoint.load_model` reads (class names then come from the
     checkpoint when it has them, else "0".."C-1")."""
     path = Path(path)
     if path.is_dir():
@@ -78,7 +78,7 @@ def load_for_inference(path: str | Path) -> tuple[SwinTransformer, list[str], di
         model.load_state_dict(ck["model"])
         names, data_cfg = ck.get("class_names"), ck.get("data", {})
     else:
-        from .checkpoint import load_model  # other formats: the checkpoint module's job
+        from .io.checkpoint import load_model  # other formats: the checkpoint module's job
 
         model = load_model(path)
         names, data_cfg = getattr(model, "class_names", None), {}

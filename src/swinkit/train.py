@@ -35,11 +35,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .config import SwinConfig
-from .checkpoint import atomic_write
+from .io.checkpoint import atomic_write
 from .data import (IMAGENET_MEAN, IMAGENET_STD, SeededSamples, build_datasets, digits_folder, eval_transform,
                    mixup_cutmix, train_transform)
 from .evaluate import AMP_DTYPES, autocast, evaluate
-from .model import SwinTransformer, create_model
+from .factory import create_model
+from .models.swin import SwinTransformer
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
 
@@ -329,7 +330,7 @@ class Trainer:
         if resume:
             return SwinTransformer(SwinConfig.from_dict(resume["config"]))
         if cfg["pretrained"]:
-            from .checkpoint import load_model  # written alongside; imported only when fine-tuning
+            from .io.checkpoint import load_model  # written alongside; imported only when fine-tuning
 
             source = Path(cfg["pretrained"])
             model = load_model(source / "best.pt" if (source / "best.pt").is_file() else cfg["pretrained"])

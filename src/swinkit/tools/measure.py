@@ -7,8 +7,8 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .config import ALIASES, VARIANTS, SwinConfig
-from .model import SwinTransformer
+from ..config import ALIASES, VARIANTS, SwinConfig
+from ..models.swin import SwinTransformer
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from .config import VARIANTS, SwinConfig
-from .model import attention_mask, log_spaced_coords, relative_position_index, window_and_shift
+from ..config import VARIANTS, SwinConfig
+from ..nn.windows import attention_mask, log_spaced_coords, relative_position_index, window_and_shift
 
 Pair = tuple[int, int]
 B = "layers.{i}.blocks.{j}."  # a swinkit block

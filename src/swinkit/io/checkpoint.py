@@ -25,10 +25,10 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from .config import ALIASES, VARIANTS, SwinConfig
+from ..config import ALIASES, VARIANTS, SwinConfig
 from .convert import (FORMATS, STRUCTURE, detect_format, effective_windows, from_swinkit, infer_config,
                       to_swinkit)
-from .model import SwinTransformer
+from ..models.swin import SwinTransformer
 
 
 class CheckpointError(ValueError):

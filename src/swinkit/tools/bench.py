@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .allocator import tune_cpu_allocator
-from .checkpoint import atomic_write
-from .config import ALIASES, SwinConfig
+from ..allocator import tune_cpu_allocator
+from ..io.checkpoint import atomic_write
+from ..config import ALIASES, SwinConfig
 
 LIBS = ("swinkit", "timm", "timm-sdpa", "torchvision", "transformers")  # timm-sdpa: timm with TIMM_FUSED_ATTN=2
 TORCHVISION_NAMES = {
@@ -101,7 +101,7 @@ def build_model(lib: str, name: str, img_size: int | None = None, **swinkit_over
     if lib_name is None:
         raise ValueError(f"{lib} has no model equivalent to {name}; torchvision has {sorted(TORCHVISION_NAMES)}")
     if lib == "swinkit":
-        from .model import create_model
+        from ..factory import create_model
 
         return create_model(name, img_size=img_size, **swinkit_overrides)
     if lib in ("timm", "timm-sdpa"):
@@ -292,7 +292,7 @@ def _child_env(lib: str, threads: int) -> dict:
 
 def measure_isolated(spec: dict, timeout: float | None = None) -> dict:
     """measure(spec) in a fresh Python process; {"error": why} when it fails, is killed or times out."""
-    cmd = [sys.executable, "-m", "swinkit.bench", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "swinkit.tools.bench", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env=_child_env(spec["lib"], spec["threads"]))
@@ -631,5 +631,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # worker: python -m swinkit.bench '<spec json>' (see measure_isolated)
+if __name__ == "__main__":  # worker: python -m swinkit.tools.bench '<spec json>' (see measure_isolated)
     print(RESULT_TAG + json.dumps(measure(json.loads(sys.argv[1]))), flush=True)

@@ -29,11 +29,13 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import atomic_write
-from .config import SwinConfig
+from ..io.checkpoint import atomic_write
+from ..config import SwinConfig
 from .measure import count_macs, count_params
-from .model import (SwinTransformer, create_model, padded_size, relative_position_index, shift_regions,
-                    window_and_shift, window_labels, window_order, window_partition)
+from ..factory import create_model
+from ..models.swin import SwinTransformer
+from ..nn.windows import (padded_size, relative_position_index, shift_regions, window_and_shift, window_labels,
+                          window_order, window_partition)
 
 Pair = tuple[int, int]
 FIGURES = ("windows", "mask", "bias", "attention", "receptive-field", "complexity")
@@ -798,9 +800,9 @@ def load_for_viz(checkpoint: str | None, name: str, **overrides) -> tuple[SwinTr
     """(model in eval mode, title label): the checkpoint when given, else a seeded random `name`."""
     if checkpoint:
         try:
-            from .checkpoint import load_model
+            from ..io.checkpoint import load_model
         except ImportError as e:
-            raise ValueError(f"--checkpoint needs swinkit.checkpoint, which is not available ({e}); leave "
+            raise ValueError(f"--checkpoint needs swinkit.io.checkpoint, which is not available ({e}); leave "
                              "--checkpoint out to draw a randomly initialised --model") from e
         model = load_model(checkpoint)
         return model.eval(), f"{model.cfg.name} from {Path(checkpoint).name}"
@@ -897,7 +899,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--model", default="swin_t", help="variant (swinkit models), used when no --checkpoint "
                                                          "is given (default: %(default)s)")
         if name in ("bias", "attention", "receptive-field"):
-            p.add_argument("--checkpoint", help="trained weights (swinkit.checkpoint.load_model); without it a "
+            p.add_argument("--checkpoint", help="trained weights (swinkit.io.checkpoint.load_model); without it a "
                                                 "randomly initialised --model is drawn and the title says so")
         if name in ("windows", "attention", "receptive-field"):
             p.add_argument("--image", help="image file (default: scikit-image's astronaut photograph)")

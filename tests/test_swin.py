@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import swinkit
-from swinkit import model as M
+from swinkit.nn import windows as M
+from swinkit.nn.blocks import SwinBlock
 from swinkit.config import ALIASES, VARIANTS, SwinConfig
-from swinkit.model import SwinTransformer
+from swinkit import SwinTransformer
 
 from conftest import FIXTURES, randomize_, tiny_config
 
@@ -26,7 +27,7 @@ def _logits(model, x):
 ])
 def test_parity_with_timm(name, sizes):
     timm = pytest.importorskip("timm")
-    from swinkit.convert import convert_state_dict
+    from swinkit.io.convert import convert_state_dict
 
     for size in sizes:
         peer = randomize_(timm.create_model(name, img_size=size))
@@ -44,7 +45,7 @@ def test_parity_with_timm(name, sizes):
 ])
 def test_parity_with_torchvision(factory, name, sizes):
     tvm = pytest.importorskip("torchvision.models")
-    from swinkit.convert import convert_state_dict
+    from swinkit.io.convert import convert_state_dict
 
     peer = randomize_(getattr(tvm, factory)())
     ours = swinkit.create_model(name)
@@ -61,7 +62,7 @@ def test_parity_with_official_fixture(version):
     path = FIXTURES / f"official_v{version}_tiny.pth"
     if not path.exists():
         pytest.skip("../shared/fixtures/official is absent")
-    from swinkit.convert import convert_state_dict
+    from swinkit.io.convert import convert_state_dict
 
     sd = torch.load(path, map_location="cpu", weights_only=True)["model"]
     io = torch.load(FIXTURES / f"official_v{version}_tiny.io.pt", map_location="cpu", weights_only=True)
@@ -83,7 +84,7 @@ def _region_labels(size: int, win: int, shift: int) -> torch.Tensor:
     return lab
 
 
-def reference_window_attention(block: M.SwinBlock, x: torch.Tensor) -> torch.Tensor:
+def reference_window_attention(block: SwinBlock, x: torch.Tensor) -> torch.Tensor:
     """Slow reference of a block's (S)W-MSA on (B, H, W, C): loop over windows of the padded, rolled map; every
     real query attends only to real keys of its own shift region (padding never attended)."""
     B, H, W, C = x.shape
@@ -266,7 +267,7 @@ def test_stochastic_depth_is_linear_and_only_in_training():
 
 
 def test_drop_path_keeps_or_drops_whole_samples_and_rescales_the_kept():
-    from swinkit.model import DropPath
+    from swinkit.nn.blocks import DropPath
 
     dp, shortcut = DropPath(0.25).train(), torch.randn(400, 3, 5)
     branch = torch.randn(400, 3, 5, requires_grad=True)
