@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import swinkit
-from swinkit.config import ALIASES, VARIANTS, SwinConfig
+from swinkit.config import ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, SwinConfig
 from swinkit.tools.measure import measure_variant
 
 PUBLISHED = [n for n in VARIANTS if n not in ALIASES and VARIANTS[n]["paper_params_m"] is not None]
@@ -65,7 +65,7 @@ def test_models_command_prints_every_variant(capsys):
 
     assert main(["models", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == len(VARIANTS) - len(ALIASES)
+    assert len(lines) == len(VARIANTS) - len(ALIASES) + len(SEG_VARIANTS) + len(UNET_VARIANTS)  # then dense models
     assert '"name": "swin_tiny_patch4_window7_224"' in lines[0]
 
 

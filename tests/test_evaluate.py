@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 import swinkit
 from swinkit.cli import main
 from swinkit.data import ImageFolderDataset, eval_transform, load_image
-from swinkit.evaluate import evaluate, load_for_inference
+from swinkit.evaluate import load_trained
+from swinkit.tasks.classify import evaluate
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -43,6 +44,13 @@ def images(tmp_path_factory):
                 pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
+
+
+def load_for_inference(run):
+    """(model, class names, eval data config) of a run directory or checkpoint."""
+    loaded = load_trained(run)
+    assert loaded.task.name == "classify"
+    return loaded.model, loaded.meta["class_names"], loaded.meta["data"]
 
 
 def reference(run, folder):

@@ -20,6 +20,7 @@ from swinkit import train as train_mod
 from swinkit.cli import main
 from swinkit.config import SwinConfig
 from swinkit import SwinTransformer
+from swinkit.tasks import classify
 
 ARCH = ["--model", "swin_t", "--img-size", "16", "--patch-size", "2", "--window-size", "4", "--embed-dim", "16",
         "--depths", "2", "1", "--num-heads", "1", "2"]
@@ -74,6 +75,10 @@ def test_run_directory_holds_every_output(folder, tmp_path, capsys):
     out = capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
     assert re.search(rf"done: val top-1 {summary['val_top1']:.2f}%", out)
+    name = "custom Swin V1: patch 2, window 4, C 16, depths 2-1, heads 1-2, 16x16"  # not "swin_t": it is not one
+    assert re.search(re.escape(f"training {name} (") + r"0\.\d\dM params, task classify, recipe official\) on 48 "
+                     r"images / 3 classes, val 12", out)
+    assert summary["model"] == name and summary["task"] == "classify"
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_sec"} <= set(rows[0])
@@ -85,9 +90,11 @@ def test_run_directory_holds_every_output(folder, tmp_path, capsys):
     assert list(run.glob("events.out.tfevents.*"))
     config = json.loads((run / "config.json").read_text())
     assert config["class_names"] == ["blue", "green", "red"] and config["args"]["epochs"] == 2
+    assert config["task"] == config["args"]["task"] == "classify" and config["model"]["name"] == "custom"
     last, best = (torch.load(run / n, weights_only=True) for n in ("last.pt", "best.pt"))
     assert last["epoch"] == 2 and last["step_in_epoch"] == 0 and last["global_step"] == 12
     assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(last)
+    assert last["task"] == best["task"] == "classify"  # eval and predict read the task from here
     model = SwinTransformer(SwinConfig.from_dict(config["model"]))  # config.json alone rebuilds the model
     model.load_state_dict(best["model"])
     assert model.cfg.num_classes == 3 and best["class_names"] == config["class_names"]
@@ -119,7 +126,7 @@ def test_bad_settings_are_clear_errors(folder, tmp_path, capsys):
 
 def test_param_groups_follow_no_weight_decay_and_layer_decay():
     model = swinkit.create_model("swin_t", embed_dim=16, depths=(2, 1), num_heads=(1, 2), num_classes=3)
-    groups = train_mod.param_groups(model, 1.0, 0.05, 0.5, model.no_weight_decay(), (2, 1))
+    groups = train_mod.param_groups(model, 1.0, 0.05, 0.5)
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {names[id(p)]: g for g in groups for p in g["params"]}
     assert set(by_name) == set(names.values())
@@ -146,7 +153,7 @@ def test_warmup_then_cosine_per_update():
 def test_lr_scales_with_the_total_batch(folder, tmp_path):
     args = main_args(folder, tmp_path / "r", "--batch-size", "4", "--accum-steps", "3", "--lr", "5e-4",
                      "--lr-base-size", "512", "--layer-decay", "1")
-    trainer = train_mod.Trainer(train_mod.resolve_config(args))
+    trainer = train_mod.Trainer(train_mod.resolve_settings(args))
     assert trainer.lrs["lr"] == pytest.approx(5e-4 * 12 / 512)
     assert trainer.opt.param_groups[0]["initial_lr"] == pytest.approx(5e-4 * 12 / 512)
     assert trainer.updates_per_epoch == 48 // 12
@@ -254,7 +261,7 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes_exactly(folder, tmp_path, m
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch, capsys):
-    create = train_mod.create_model
+    create = classify.create_model
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -266,7 +273,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_pa
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_mod, "create_model", poisoned)
+    monkeypatch.setattr(classify, "create_model", poisoned)
     assert train(folder, tmp_path / "run") == 1
     last = tmp_path / "run" / "last.pt"
     err = capsys.readouterr().err
@@ -290,9 +297,9 @@ def test_pretrained_reinitialises_the_head_and_keeps_the_backbone(folder, tmp_pa
             os.symlink(folder / split / name, two / split / name)
     args = main_args(two, tmp_path / "ft", "--pretrained", str(tmp_path / "src" / "best.pt"),
                      flags=TINY[len(ARCH):])
-    cfg = train_mod.resolve_config(args)
-    assert cfg["recipe"] == "finetune" and cfg["layer_decay"] == 0.9
-    trainer = train_mod.Trainer(cfg)
+    settings = train_mod.resolve_settings(args)
+    assert settings.run.recipe == "finetune" and settings.optim.layer_decay == 0.9
+    trainer = train_mod.Trainer(settings)
     source = weights(tmp_path / "src", "best.pt")
     tuned = trainer.model.state_dict()
     assert tuned["head.fc.weight"].shape == (2, 32)

@@ -1,21 +1,24 @@
 """`swinkit` command line: one sub-command per job, each defined next to the code it runs.
 
 Each module named below provides `add_arguments(parser, command)` and `run(args) -> int | None`; it is imported only
-when its command runs, so `swinkit models` needs nothing beyond torch.
+when its command runs, so `swinkit models` needs nothing beyond torch. An `add_arguments` with an `argv` parameter
+also gets the command's arguments, so its flags can depend on them (`train --task`, the task of `eval --checkpoint`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 
 from .allocator import tune_unless_disabled
 
 COMMANDS = {  # name -> (module, help)
     "models": ("swinkit.tools.measure", "list every variant with measured parameters and FLOPs"),
-    "train": ("swinkit.train", "train or fine-tune (embedded digits dataset when --data is not given)"),
-    "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on an image folder"),
-    "predict": ("swinkit.predict", "classify image files with a checkpoint"),
+    "train": ("swinkit.train", "train or fine-tune a model for a task (--task classify|segment; classify with "
+                               "no --data trains on the embedded digits)"),
+    "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on a dataset (its task from the checkpoint)"),
+    "predict": ("swinkit.predict", "predict for image files with a checkpoint (class probabilities, masks)"),
     "inspect": ("swinkit.io.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
     "convert": ("swinkit.io.checkpoint", "convert a checkpoint between formats"),
     "bench": ("swinkit.tools.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),
@@ -38,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd = argparse.ArgumentParser(prog=f"swinkit {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd, argv[0])
+    if "argv" in inspect.signature(module.add_arguments).parameters:
+        module.add_arguments(cmd, argv[0], argv=argv[1:])
+    else:
+        module.add_arguments(cmd, argv[0])
     args = cmd.parse_args(argv[1:])
     args.command = argv[0]
     return int(module.run(args) or 0)

@@ -181,3 +181,187 @@ for _alias, _target in ALIASES.items():
 def list_models() -> list[str]:
     """Every variant name (the timm names of the published checkpoints, then the short aliases)."""
     return list(VARIANTS)
+
+
+# ==========================================================================================================
+# Segmentation models: a Swin backbone with a UPerNet or semantic-FPN decode head (models/segmentation.py)
+
+SEG_HEADS = ("upernet", "fpn")
+
+
+@dataclass
+class SegmentationConfig:
+    """A Swin backbone (all stages, each normalised) and a decode head, plus an auxiliary FCN head that only
+    training uses. Saved beside every segmentation checkpoint, like SwinConfig."""
+
+    name: str = "custom"
+    # a variant name or a SwinConfig dict get window_mode="pad" (the dense-prediction codebases' behaviour) unless
+    # the dict says otherwise; a SwinConfig instance is used as it is. The backbone never has a classifier.
+    backbone: Any = "swin_t"
+    head: str = "upernet"                 # upernet (PPM + FPN fusion, Xiao et al. 2018) | fpn (semantic FPN)
+    num_classes: int = 150
+    channels: int = 512                   # decode head width (mmseg: 512 for UPerNet, 128 for semantic FPN)
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)  # UPerNet: pyramid pooling on the last stage
+    fpn_channels: int = 256               # semantic FPN: width of its FPN neck
+    dropout: float = 0.1                  # Dropout2d before the 1x1 classifier
+    aux_head: bool = True                 # FCN head on one backbone stage, for an auxiliary loss in training
+    aux_in_index: int = 2
+    aux_channels: int = 256
+    aux_num_convs: int = 1
+    aux_loss_weight: float = 0.4
+    frozen_stages: int = -1               # mmseg semantics: -1 none, 0 patch embedding, k > 0 also stages < k
+    out_norms: bool = True                # a LayerNorm per backbone output (transformers' Swinv2Backbone: none)
+
+    def __post_init__(self):
+        if isinstance(self.backbone, str):
+            self.backbone = SwinConfig.from_name(self.backbone, window_mode="pad")
+        elif isinstance(self.backbone, dict):
+            self.backbone = SwinConfig.from_dict({"window_mode": "pad", **self.backbone})
+        elif not isinstance(self.backbone, SwinConfig):
+            raise ValueError(f"backbone must be a variant name, a SwinConfig or its dict, got "
+                             f"{type(self.backbone).__name__}")
+        if self.backbone.num_classes:
+            self.backbone = dataclasses.replace(self.backbone, num_classes=0)
+        self.pool_scales = tuple(int(s) for s in self.pool_scales)
+        n = len(self.backbone.depths)
+        if self.head not in SEG_HEADS:
+            raise ValueError(f"head must be one of {SEG_HEADS}, got {self.head!r}")
+        for field_, v in (("num_classes", self.num_classes), ("channels", self.channels),
+                          ("fpn_channels", self.fpn_channels), ("aux_channels", self.aux_channels),
+                          ("aux_num_convs", self.aux_num_convs)):
+            if v < 1:
+                raise ValueError(f"{field_} must be >= 1, got {v}")
+        if not self.pool_scales or min(self.pool_scales) < 1:
+            raise ValueError(f"pool_scales must be positive output sizes, e.g. (1, 2, 3, 6); got {self.pool_scales}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.aux_in_index < n:
+            raise ValueError(f"aux_in_index must be a backbone stage in [0, {n}), got {self.aux_in_index}")
+        if not -1 <= self.frozen_stages <= n:
+            raise ValueError(f"frozen_stages must be in [-1, {n}] (-1: nothing frozen), got {self.frozen_stages}")
+
+    @property
+    def in_chans(self) -> int:
+        return self.backbone.in_chans
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "SegmentationConfig":
+        """A named segmentation variant. Keyword overrides are SegmentationConfig fields (num_classes=11) or, for
+        the rest, SwinConfig fields of the backbone (drop_path_rate=0.2, window_mode="clamp")."""
+        if name not in SEG_VARIANTS:
+            raise ValueError(f"unknown segmentation model {name!r}; choose one of {list(SEG_VARIANTS)}")
+        own = {f.name for f in dataclasses.fields(cls)}
+        swin = {f.name for f in dataclasses.fields(SwinConfig)}
+        unknown = set(overrides) - own - swin
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: SegmentationConfig fields "
+                            f"{sorted(own)} or backbone (SwinConfig) fields {sorted(swin - own)}")
+        entry = SEG_VARIANTS[name]["config"]
+        mine = {k: v for k, v in overrides.items() if k not in own and v is not None}  # backbone fields
+        backbone = overrides.get("backbone") or entry["backbone"]
+        if isinstance(backbone, str):
+            backbone = SwinConfig.from_name(backbone, **{"window_mode": "pad", **entry["backbone_overrides"], **mine})
+        elif mine:
+            raise TypeError(f"backbone fields {sorted(mine)} can only override a backbone given by name; set them "
+                            "in the SwinConfig passed as backbone=")
+        kwargs = {k: v for k, v in entry.items() if k != "backbone_overrides"}
+        kwargs.update({k: v for k, v in overrides.items() if k in own and v is not None})
+        return cls(**{**kwargs, "name": name, "backbone": backbone})
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmentationConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, s: str) -> "SegmentationConfig":
+        return cls.from_dict(json.loads(s))
+
+    @staticmethod
+    def is_segmentation_dict(d: dict) -> bool:
+        """Whether a config dict (a JSON beside the weights, a checkpoint's "config") is a SegmentationConfig."""
+        return isinstance(d, dict) and "head" in d and isinstance(d.get("backbone"), (dict, str))
+
+
+def _seg(backbone: str, head: str, params=None, gmacs=None, size=(512, 2048), **kw):
+    """A SEG_VARIANTS entry with the published params (M) and FLOPs (GMACs, at `size`, the papers' 512 x 2048)."""
+    channels = 512 if head == "upernet" else 128
+    cfg = dict(backbone=backbone, head=head, channels=channels, backbone_overrides=dict(drop_path_rate=0.3), **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs, flops_size=size)
+
+
+# name -> config. Figures: Swin paper, Table 3 (ADE20K, UPerNet, 150 classes, with the auxiliary head).
+SEG_VARIANTS: dict[str, dict] = {
+    "upernet_swin_t": _seg("swin_t", "upernet", 60.0, 945.0),
+    "upernet_swin_s": _seg("swin_s", "upernet", 81.0, 1038.0),
+    "upernet_swin_b": _seg("swin_b", "upernet", 121.0, 1188.0),
+    "upernet_swin_b_window12_640": _seg("swin_base_patch4_window12_384", "upernet", 121.0, 1841.0, (640, 2560)),
+    "upernet_swin_l_window12_640": _seg("swin_large_patch4_window12_384", "upernet", 234.0, 3230.0, (640, 2560)),
+    "upernet_swinv2_t": _seg("swinv2_t", "upernet"),
+    # semantic FPN (Kirillov et al. 2019) on Swin: no published Swin figures; light (128-channel head)
+    "fpn_swin_t": _seg("swin_t", "fpn"),
+    "fpn_swin_s": _seg("swin_s", "fpn"),
+    "fpn_swin_b": _seg("swin_b", "fpn"),
+}
+
+
+def list_segmentation_models() -> list[str]:
+    return list(SEG_VARIANTS)
+
+
+# ==========================================================================================================
+# Swin-UNet (Cao et al. 2021): the Swin encoder above, a symmetric Swin decoder, skip connections
+
+
+@dataclass
+class SwinUNetConfig(SwinConfig):
+    """A Swin-UNet. The SwinConfig fields describe the encoder (num_classes: the segmentation classes); the
+    decoder mirrors it, one stage per skip connection from the deepest up, at that skip's width, heads and
+    window."""
+
+    # Swin blocks per decoder stage, deepest first (n_stages - 1 entries). None: the encoder's, mirrored, which is
+    # what the official code builds (it ignores its own depths_decoder argument).
+    depths_decoder: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        n = len(self.depths)
+        if n < 2:
+            raise ValueError(f"a Swin-UNet needs at least 2 stages (a skip connection), got depths={self.depths}")
+        if self.depths_decoder is None:
+            self.depths_decoder = self.depths[-2::-1]
+        self.depths_decoder = tuple(int(d) for d in self.depths_decoder)
+        if len(self.depths_decoder) != n - 1 or min(self.depths_decoder) < 1:
+            raise ValueError(f"depths_decoder needs {n - 1} entries >= 1 (one per decoder stage, deepest first) for "
+                             f"{n} encoder stages, got {self.depths_decoder}; None mirrors the encoder's depths")
+
+    def encoder_config(self) -> SwinConfig:
+        """The encoder alone, as a headless SwinConfig."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SwinConfig)}
+        return SwinConfig(**{**fields, "num_classes": 0})
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "SwinUNetConfig":
+        if name not in UNET_VARIANTS:
+            raise ValueError(f"unknown Swin-UNet {name!r}; choose one of {list(UNET_VARIANTS)}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(overrides) - set(valid)
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {valid}")
+        return cls(**{**UNET_VARIANTS[name]["config"], "name": name,
+                      **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# name -> config. swin_unet_tiny: configs/swin_tiny_patch4_window7_224_lite.yaml of HuCaoFighting/Swin-Unet, 9
+# classes as its Synapse recipe. The paper publishes no parameter / FLOP figures for it.
+UNET_VARIANTS: dict[str, dict] = {
+    "swin_unet_tiny": dict(config=dict(embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7,
+                                       img_size=224, num_classes=9, drop_path_rate=0.2),
+                           paper_params_m=None, paper_gmacs=None),
+}

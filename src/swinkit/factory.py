@@ -2,8 +2,14 @@
 imports checkpoint I/O."""
 from __future__ import annotations
 
-from .config import SwinConfig
-from .io.checkpoint import load_into_named
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import VARIANTS, SegmentationConfig, SwinConfig
+from .io.checkpoint import _check_overrides, load_backbone_weights, load_into_named, read_backbone
+from .models.backbone import SwinBackbone
+from .models.segmentation import SegmentationModel
 from .models.swin import SwinTransformer
 
 
@@ -15,3 +21,40 @@ def create_model(name: str, pretrained: bool | str = False, checkpoint: str | No
     if checkpoint is not None or pretrained:
         return load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
     return SwinTransformer(SwinConfig.from_name(name, **overrides))
+
+
+def create_backbone(name_or_checkpoint: str | Path, out_indices: Sequence[int] = (0, 1, 2, 3),
+                    frozen_stages: int = -1, window_mode: str = "pad", **overrides) -> SwinBackbone:
+    """A Swin backbone returning normalised NCHW maps of the stages in `out_indices`: a variant by name
+    (swinkit.list_models()), or the weights of any checkpoint load_model reads (a classifier's per-stage norms
+    start fresh; a segmentation checkpoint brings its backbone's). window_mode "pad" is the behaviour of the
+    official detection/segmentation code, mmseg and transformers' backbones; "clamp" that of classification.
+    Overrides are SwinConfig fields (drop_path_rate=0.3; from a checkpoint, window_size=... transfers the
+    bias tables). A backbone built from a checkpoint is returned in eval mode."""
+    if str(name_or_checkpoint) in VARIANTS:
+        cfg = SwinConfig.from_name(str(name_or_checkpoint), window_mode=window_mode, **overrides)
+        return SwinBackbone(cfg, out_indices, frozen_stages)
+    if not Path(name_or_checkpoint).exists():
+        raise ValueError(f"{str(name_or_checkpoint)!r} is neither a variant name nor an existing checkpoint; "
+                         f"variants: {', '.join(VARIANTS)}")
+    cfg, sd = read_backbone(name_or_checkpoint, window_mode=window_mode, **_check_overrides(overrides))
+    model = SwinBackbone(cfg, out_indices, frozen_stages)
+    load_backbone_weights(model, sd, str(name_or_checkpoint))
+    return model.eval()
+
+
+def create_segmentation_model(name: str, num_classes: int | None = None,
+                              backbone_checkpoint: str | Path | None = None, **overrides) -> SegmentationModel:
+    """A named segmentation variant (swinkit.list_segmentation_models(): upernet_swin_t, fpn_swin_t, ...) with
+    `num_classes` classes. Overrides are SegmentationConfig fields (aux_head=False, frozen_stages=1) or backbone
+    SwinConfig fields (drop_path_rate=0.2). `backbone_checkpoint`: initialise the backbone from any checkpoint
+    load_model reads (e.g. ImageNet classification weights; transferred to this model's windows); the heads
+    start from their initialisation."""
+    cfg = SegmentationConfig.from_name(name, num_classes=num_classes, **overrides)
+    if backbone_checkpoint is None:
+        return SegmentationModel(cfg)
+    backbone, sd = read_backbone(backbone_checkpoint, base=cfg.backbone)
+    model = SegmentationModel(dataclasses.replace(cfg, backbone=backbone))
+    load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
+    return model
+

@@ -25,9 +25,13 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from ..config import ALIASES, VARIANTS, SwinConfig
-from .convert import (FORMATS, STRUCTURE, detect_format, effective_windows, from_swinkit, infer_config,
-                      to_swinkit)
+from ..config import ALIASES, VARIANTS, SegmentationConfig, SwinConfig
+from .convert import (FORMATS, SEG_BACKBONES, STRUCTURE, detect_format, effective_windows, from_swinkit,
+                      infer_config, infer_segmentation_config, is_segmentation_state_dict, segmentation_from_swinkit,
+                      segmentation_to_swinkit, to_swinkit)
+from .convert_unet import is_unet, load_unet
+from ..models.backbone import SwinBackbone
+from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
 
 
@@ -220,15 +224,32 @@ class Checkpoint:
         return f"{self.path} ({self.format}, Swin V{self.config.version})"
 
 
-def read_checkpoint(path, use_ema: bool = False, strict: bool = True, known: dict | None = None) -> Checkpoint:
-    """Read any supported checkpoint into swinkit's layout and infer its config. `known`: config fields to
-    assume where the checkpoint records nothing (e.g. the window of a bare timm V2 state dict)."""
+@dataclass
+class RawCheckpoint:
+    """A checkpoint as read from disk: its unwrapped state dict and what sits around it."""
+    path: Path
+    obj: object  # what the file holds
+    meta: dict  # safetensors metadata
+    weights: Path  # the weights file (inside a directory: the file chosen)
+    state_dict: dict  # the tensors, wrappers and wrapper prefixes removed
+
+
+def read_raw(path, use_ema: bool = False) -> RawCheckpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     obj, meta, weights = _read_dir(path) if path.is_dir() else (*_read_weights(path), path)
-    side, class_names, ours = _side_info(weights, obj, meta)
-    sd = _unwrap(obj, use_ema, path)
+    return RawCheckpoint(path, obj, meta, weights, _unwrap(obj, use_ema, path))
+
+
+def read_checkpoint(path, use_ema: bool = False, strict: bool = True, known: dict | None = None,
+                    raw: RawCheckpoint | None = None) -> Checkpoint:
+    """Read any supported checkpoint into swinkit's layout and infer its config. `known`: config fields to
+    assume where the checkpoint records nothing (e.g. the window of a bare timm V2 state dict). `raw`: the file
+    already read by read_raw."""
+    raw = raw or read_raw(path, use_ema)
+    path, sd = raw.path, raw.state_dict
+    side, class_names, ours = _side_info(raw.weights, raw.obj, raw.meta)
     try:
         fmt = detect_format(sd)
         imp = to_swinkit(sd, fmt, strict)
@@ -380,16 +401,33 @@ def _warn_guesses(ckpt: Checkpoint, overrides: dict) -> None:
                       "if it was trained with another.", stacklevel=3)
 
 
-def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=None, **overrides) -> SwinTransformer:
+def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=None,
+               **overrides) -> SwinTransformer | SegmentationModel:
     """Load any supported checkpoint (official, timm, torchvision, Hugging Face directory, mmdet backbone,
     swinkit) with its format detected and config inferred; keyword overrides are SwinConfig fields and
     transfer the weights (window/resolution, num_classes, in_chans). `class_map`: class indices (or a file of
-    them) selecting head rows, e.g. the official map22kto1k.txt. Returns the model in eval mode."""
+    them) selecting head rows, e.g. the official map22kto1k.txt. Returns the model in eval mode.
+
+    A segmentation checkpoint (swinkit, official Swin-Transformer-Semantic-Segmentation, mmseg, transformers'
+    UperNet) gives a SegmentationModel (see load_segmentation_model for its overrides), a Swin-UNet one (official
+    or swinkit) a SwinUNet (see io.convert_unet.load_unet)."""
+    raw = read_raw(path, use_ema)
+    if is_unet(raw.state_dict):
+        if class_map is not None:
+            raise CheckpointError(f"{path} is a Swin-UNet checkpoint: class_map selects classifier rows of "
+                                  "classification checkpoints only")
+        return load_unet(raw.state_dict, strict, **overrides).eval()
+    if is_segmentation_state_dict(raw.state_dict):
+        if class_map is not None:
+            raise CheckpointError(f"{path} is a segmentation checkpoint: class_map selects classifier rows of "
+                                  "classification checkpoints only")
+        return build_segmentation_model(read_segmentation_checkpoint(path, strict=strict, raw=raw), strict,
+                                        **overrides)
     overrides = _check_overrides(overrides)
     if class_map is not None:
         overrides.setdefault("num_classes", len(_class_map(class_map)))
     hints = {k: overrides[k] for k in ("window_size", "img_size") if k in overrides}
-    ckpt = read_checkpoint(path, use_ema=use_ema, strict=strict, known=hints)
+    ckpt = read_checkpoint(path, use_ema=use_ema, strict=strict, known=hints, raw=raw)
     _warn_guesses(ckpt, overrides)
     return build_model(ckpt, _target_config(ckpt.config, overrides), strict, class_map)
 
@@ -585,7 +623,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("src", help="checkpoint file or Hugging Face / timm directory")
         parser.add_argument("dst", help="output file (.safetensors by default; .pth/.pt/.bin for torch.save) or, "
                                         "for --to hf, a directory")
-        parser.add_argument("--to", default="swinkit", choices=list(FORMATS), help="output format (default: swinkit)")
+        parser.add_argument("--to", default="swinkit", choices=list(dict.fromkeys([*FORMATS, *SEG_BACKBONES])),
+                            help="output format (default: swinkit); segmentation models: swinkit, official, mmseg, hf")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     parser.add_argument("--window-size", type=int, help="window size, where the checkpoint does not record it")
     parser.add_argument("--img-size", type=int, help="image size, where the checkpoint does not record it")
@@ -611,11 +650,17 @@ def _inspect(ckpt: Checkpoint) -> str:
 
 def run(args) -> int:
     hints = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
+    src, strict = (args.path, False) if args.command == "inspect" else (args.src, True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.command == "inspect" else "default")
-            ckpt = read_checkpoint(args.path if args.command == "inspect" else args.src, use_ema=args.ema,
-                                   strict=args.command != "inspect", known=hints)
+            raw = read_raw(src, args.ema)
+            if is_segmentation_state_dict(raw.state_dict):
+                return _run_segmentation(args, read_segmentation_checkpoint(src, strict=strict, raw=raw))
+            ckpt = read_checkpoint(src, use_ema=args.ema, strict=strict, known=hints, raw=raw)
+        if args.command == "convert" and args.to not in FORMATS:
+            raise CheckpointError(f"--to {args.to} is a segmentation format and {src} holds no segmentation model; "
+                                  f"choose one of {', '.join(FORMATS)}")
         if args.command == "inspect":
             print(_inspect(ckpt))
             return 0
@@ -630,3 +675,244 @@ def run(args) -> int:
         return 2
     print(f"wrote {out} ({args.to}, Swin V{ckpt.config.version}, {ckpt.config.name})")
     return 0
+
+
+def _run_segmentation(args, ckpt: "SegmentationCheckpoint") -> int:
+    """`swinkit inspect` / `swinkit convert` of a segmentation checkpoint."""
+    if args.command == "inspect":
+        print(_inspect_segmentation(ckpt))
+        return 0
+    out = write_segmentation_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names)
+    print(f"wrote {out} ({args.to}, {ckpt.config.head} on Swin V{ckpt.config.backbone.version}, {ckpt.config.name})")
+    return 0
+
+
+# ==========================================================================================================
+# segmentation checkpoints (UPerNet / semantic FPN on a Swin backbone), and backbones from any checkpoint
+
+
+@dataclass
+class SegmentationCheckpoint:
+    path: Path
+    format: str
+    state_dict: dict  # swinkit layout: backbone.*, decode_head.*, auxiliary_head.*
+    config: SegmentationConfig  # inferred
+    guessed: list[str]
+    class_names: list[str] | None
+    unknown: list[str]
+    ignored: list[str]
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.format}, {self.config.head} on Swin V{self.config.backbone.version})"
+
+
+def _known_from_upernet(c: dict) -> dict:
+    """SegmentationConfig fields from transformers' UperNetConfig (its config.json)."""
+    known = dict(pool_scales=c.get("pool_scales"), channels=c.get("hidden_size"),
+                 aux_channels=c.get("auxiliary_channels"), aux_loss_weight=c.get("auxiliary_loss_weight"))
+    backbone = c.get("backbone_config") or {}
+    if backbone.get("model_type") in ("swin", "swinv2"):
+        known["backbone"] = {k: _uniform(v) for k, v in _known_from_hf(backbone)[0].items() if v is not None}
+    return {k: v for k, v in known.items() if v is not None}
+
+
+def _segmentation_side_info(raw: RawCheckpoint) -> tuple[dict, list | None, bool]:
+    """(known SegmentationConfig fields, class names, written by swinkit) from a training checkpoint's config,
+    the safetensors metadata, a swinkit JSON or transformers' config.json beside the weights."""
+    obj, meta = raw.obj, raw.meta
+    if isinstance(obj, dict) and SegmentationConfig.is_segmentation_dict(obj.get("config")):
+        return obj["config"], obj.get("class_names"), True
+    if "swinkit_config" in meta and SegmentationConfig.is_segmentation_dict(c := json.loads(meta["swinkit_config"])):
+        return c, json.loads(meta.get("class_names", "null")), True
+    for side in (raw.weights.with_suffix(".json"), raw.weights.parent / "config.json"):
+        try:
+            c = json.loads(side.read_text()) if side.exists() and side != raw.weights else None
+        except (OSError, json.JSONDecodeError):
+            continue
+        if SegmentationConfig.is_segmentation_dict(c):
+            return c, c.get("class_names"), True
+        if isinstance(c, dict) and c.get("model_type") == "upernet":
+            labels = c.get("id2label") or {}
+            names = [labels[k] for k in sorted(labels, key=int)]
+            default = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+            return _known_from_upernet(c), None if default or not names else names, False
+    info = obj.get("meta") if isinstance(obj, dict) else None  # mmseg: meta.CLASSES (0.x), meta.dataset_meta (1.x)
+    names = isinstance(info, dict) and (info.get("CLASSES") or (info.get("dataset_meta") or {}).get("classes"))
+    return {}, list(names) if isinstance(names, (list, tuple)) else None, False
+
+
+def read_segmentation_checkpoint(path, use_ema: bool = False, strict: bool = True,
+                                 raw: RawCheckpoint | None = None) -> SegmentationCheckpoint:
+    """Read a segmentation checkpoint of any supported format into swinkit's layout and infer its config."""
+    raw = raw or read_raw(path, use_ema)
+    known, class_names, ours = _segmentation_side_info(raw)
+    try:
+        imp = segmentation_to_swinkit(raw.state_dict, strict=strict)
+        cfg, guessed = infer_segmentation_config(imp, known)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
+    return SegmentationCheckpoint(raw.path, "swinkit" if ours else imp.format, imp.state_dict, cfg, guessed,
+                                  class_names, imp.unknown, imp.ignored)
+
+
+def _split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """Keyword overrides -> (SegmentationConfig fields, backbone SwinConfig fields); unknown names are an error."""
+    own = {f.name for f in dataclasses.fields(SegmentationConfig)}
+    swin = {f.name for f in dataclasses.fields(SwinConfig)} - own
+    unknown = set(overrides) - own - swin
+    if unknown:
+        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: SegmentationConfig fields {sorted(own)} "
+                        f"or backbone (SwinConfig) fields {sorted(swin)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return {k: v for k, v in given.items() if k in own}, {k: v for k, v in given.items() if k in swin}
+
+
+def _backbone_checkpoint(ckpt: SegmentationCheckpoint) -> Checkpoint:
+    """The backbone part of a segmentation checkpoint, as a (headless) Swin checkpoint."""
+    sd = {k[len("backbone."):]: v for k, v in ckpt.state_dict.items() if k.startswith("backbone.")}
+    return Checkpoint(ckpt.path, ckpt.format, sd, ckpt.config.backbone, ckpt.guessed, None, [], [])
+
+
+def build_segmentation_model(ckpt: SegmentationCheckpoint, strict: bool = True, **overrides) -> SegmentationModel:
+    """A SegmentationModel holding the checkpoint's weights, in eval mode. Overrides are SegmentationConfig fields
+    (num_classes: new classifiers, aux_head=False: drop the auxiliary head) or backbone SwinConfig fields
+    (window_size: bias tables resized, window_mode, drop_path_rate, ...)."""
+    seg_over, bb_over = _split_overrides(overrides)
+    bb_ckpt = _backbone_checkpoint(ckpt)
+    backbone = _target_config(bb_ckpt.config, {**bb_over, "num_classes": 0})
+    cfg = dataclasses.replace(ckpt.config, **seg_over, backbone=backbone)
+    bb_sd, _ = _fit(bb_ckpt, backbone, None)
+    sd = {**{"backbone." + k: v for k, v in bb_sd.items()},
+          **{k: v for k, v in ckpt.state_dict.items() if not k.startswith("backbone.")}}
+    fresh = []  # prefixes of parts the model initialises
+    if cfg.num_classes != ckpt.config.num_classes:
+        fresh += ["decode_head.classifier.", "auxiliary_head.classifier."]
+        warnings.warn(f"{ckpt.describe()} has {ckpt.config.num_classes} classes, the model {cfg.num_classes}: the "
+                      "classifiers are freshly initialised (train them before use)", stacklevel=3)
+    if not cfg.aux_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("auxiliary_head.")}
+    elif not ckpt.config.aux_head:
+        fresh.append("auxiliary_head.")
+    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(fresh))}
+    model = SegmentationModel(cfg)
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{ckpt.describe()}: tensors do not fit the model: {', '.join(bad[:8])}")
+    missing = [k for k in own if k not in sd and not k.startswith(tuple(fresh))]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        msg = f"{ckpt.describe()}: missing keys {missing[:12]}, unexpected keys {unexpected[:12]}"
+        if strict:
+            raise CheckpointError(msg + " (load with strict=False to accept this)")
+        warnings.warn(msg, stacklevel=3)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items() if k in own}, strict=False)
+    if ckpt.class_names and len(ckpt.class_names) == cfg.num_classes:
+        model.class_names = list(ckpt.class_names)
+    return model.eval()
+
+
+def load_segmentation_model(path, strict: bool = True, *, use_ema: bool = False, **overrides) -> SegmentationModel:
+    """Load a segmentation checkpoint (swinkit, official Swin-Transformer-Semantic-Segmentation, mmseg, a
+    transformers UperNet directory) with its format detected and config inferred. Returns the model in eval
+    mode; overrides as for build_segmentation_model."""
+    raw = read_raw(path, use_ema)
+    if not is_segmentation_state_dict(raw.state_dict):
+        raise CheckpointError(f"{path} holds no decode head (no decode_head.* keys): not a segmentation checkpoint. "
+                              "Load it with swinkit.load_model, or use it as a backbone with create_backbone / "
+                              "create_segmentation_model(..., backbone_checkpoint=PATH).")
+    return build_segmentation_model(read_segmentation_checkpoint(path, strict=strict, raw=raw), strict, **overrides)
+
+
+def read_backbone(path, base: SwinConfig | None = None, *, use_ema: bool = False, strict: bool = True,
+                  **overrides) -> tuple[SwinConfig, dict]:
+    """(backbone config, backbone state dict under SwinBackbone's names) from any checkpoint load_model reads: a
+    classifier (its head and final norm dropped: a backbone's per-stage norms then start fresh), a backbone or a
+    segmentation model (its backbone, norms included). `base`: the backbone to build (a variant's config), which
+    must have the checkpoint's architecture; otherwise the checkpoint's own config. Weights are transferred to
+    the target's windows, resolution and input channels; overrides are SwinConfig fields."""
+    raw = read_raw(path, use_ema)
+    if is_segmentation_state_dict(raw.state_dict):
+        ckpt = _backbone_checkpoint(read_segmentation_checkpoint(path, strict=strict, raw=raw))
+    else:
+        hints = {k: _uniform(base.to_dict()[k]) for k in ("window_size", "img_size")} if base else {}
+        ckpt = read_checkpoint(path, strict=strict, known=hints, raw=raw)
+    if base is not None:
+        overrides = {"in_chans": base.in_chans, **overrides}
+    cfg = _target_config(ckpt.config, {**overrides, "num_classes": 0}, base)
+    sd, _ = _fit(ckpt, cfg, None)
+    return cfg, {k: v for k, v in sd.items() if not k.startswith(("norm.", "head."))}
+
+
+def load_backbone_weights(backbone: SwinBackbone, sd: dict, source: str) -> None:
+    """Load read_backbone's state dict into `backbone`; only its output norms may be missing (they start from
+    their initialisation, as in the official segmentation code)."""
+    own = backbone.state_dict()
+    norm = re.compile(r"norm\d+\.(weight|bias)")
+    sd = {k: v for k, v in sd.items() if k in own or not norm.fullmatch(k)}  # norms of stages it does not output
+    missing = [k for k in own if k not in sd and not norm.fullmatch(k)]
+    unexpected = [k for k in sd if k not in own]
+    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{source}: does not fit the backbone: missing keys {missing[:12]}, unexpected keys "
+                              f"{unexpected[:12]}, wrong shapes {bad[:8]}")
+    backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+
+
+def _hf_upernet_config(cfg: SegmentationConfig, class_names: list[str] | None) -> dict:
+    """config.json for transformers' UperNetForSemanticSegmentation with a SwinBackbone."""
+    backbone = _hf_config(dataclasses.replace(cfg.backbone, num_classes=0), None)
+    for k in ("architectures", "id2label", "label2id"):
+        backbone.pop(k)
+    if cfg.backbone.version == 2:  # Swinv2 clamps its windows to the stage maps of image_size: make them larger
+        n, p, win = len(cfg.backbone.depths), cfg.backbone.patch_size, max(max(w) for w in cfg.backbone.window_size)
+        backbone["image_size"] = [max(s, p * 2 ** (n - 1) * 2 * win) for s in cfg.backbone.img_size]
+    backbone["out_features"] = [f"stage{i + 1}" for i in range(len(cfg.backbone.depths))]
+    names = class_names or [f"LABEL_{i}" for i in range(cfg.num_classes)]
+    return dict(model_type="upernet", architectures=["UperNetForSemanticSegmentation"], backbone_config=backbone,
+                hidden_size=cfg.channels, pool_scales=list(cfg.pool_scales), use_auxiliary_head=cfg.aux_head,
+                auxiliary_loss_weight=cfg.aux_loss_weight, auxiliary_channels=cfg.aux_channels,
+                auxiliary_in_channels=cfg.backbone.embed_dim * 2**cfg.aux_in_index, auxiliary_num_convs=1,
+                auxiliary_concat_input=False, id2label={str(i): n for i, n in enumerate(names)},
+                label2id={n: i for i, n in enumerate(names)})
+
+
+def write_segmentation_checkpoint(sd: dict, cfg: SegmentationConfig, path, fmt: str = "swinkit",
+                                  class_names=None) -> Path:
+    """Write a swinkit segmentation state dict as `fmt`: swinkit (.safetensors + config JSON), hf (a directory:
+    config.json + model.safetensors, for UperNetForSemanticSegmentation.from_pretrained), official / mmseg
+    (.pth/.pt: {"state_dict": ..., "meta": {"CLASSES": ...}} as mmseg saves; other suffixes: safetensors)."""
+    path = Path(path)
+    if fmt == "swinkit":
+        save_state_dict(sd, cfg, path, class_names)
+        return path
+    out = segmentation_from_swinkit(sd, fmt, cfg)
+    if fmt == "hf":
+        _write_safetensors(out, path / "model.safetensors")
+        _write_json(_hf_upernet_config(cfg, class_names), path / "config.json")
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        obj = {"state_dict": _plain(out), **({"meta": {"CLASSES": list(class_names)}} if class_names else {})}
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    else:
+        _write_safetensors(out, path)
+    return path
+
+
+def _inspect_segmentation(ckpt: SegmentationCheckpoint) -> str:
+    cfg = ckpt.config
+    params = sum(v.numel() for k, v in ckpt.state_dict.items() if not k.endswith(("running_mean", "running_var",
+                                                                                  "num_batches_tracked")))
+    bb = cfg.backbone
+    lines = [f"file:     {ckpt.path}", f"format:   {ckpt.format} ({cfg.head} segmentation, Swin V{bb.version})",
+             f"params:   {params:,}", "config:"]
+    lines += [f"  {k}: {getattr(cfg, k)}" for k in ("name", "head", "num_classes", "channels", "pool_scales",
+                                                     "aux_head", "aux_channels", "aux_in_index")]
+    lines += [f"  backbone.{k}: {getattr(bb, k)}" for k in ("version", "patch_size", "embed_dim", "depths",
+                                                             "num_heads", "window_size", "window_mode")]
+    if ckpt.guessed:
+        lines.append(f"guessed:  {', '.join(ckpt.guessed)} (not recorded in the checkpoint)")
+    lines.append(f"ignored:  {', '.join(ckpt.ignored) if ckpt.ignored else 'none'}")
+    lines.append(f"unknown:  {', '.join(ckpt.unknown) if ckpt.unknown else 'none'}")
+    return "\n".join(lines)

@@ -9,6 +9,8 @@ means the format has no such tensor; a tuple is one tensor split along dim 0 (No
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import re
 import warnings
@@ -18,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..config import VARIANTS, SwinConfig
+from ..config import SEG_VARIANTS, VARIANTS, SegmentationConfig, SwinConfig
 from ..nn.windows import attention_mask, log_spaced_coords, relative_position_index, window_and_shift
 
 Pair = tuple[int, int]
@@ -249,9 +251,9 @@ class Rule:
     to_theirs: Callable | None = None
 
 
-def _rules(layout: Layout, version: int) -> list[Rule]:
-    """Expand a layout's table into one rule per swinkit template of `version`."""
-    templates = TEMPLATES[version]
+def _rules(layout: Layout, version: int, templates: list[str] | None = None) -> list[Rule]:
+    """Expand a layout's table into one rule per swinkit template of `version` (or of `templates`)."""
+    templates = templates or TEMPLATES[version]
     rules, covered = [], set()
     for ours, theirs in layout.keys.items():
         if isinstance(ours, tuple) and all(t in templates for t in ours if t):
@@ -322,14 +324,15 @@ class Imported:
     ignored: list[str]  # keys of a larger model (detector neck, heads) that were dropped
 
 
-def import_state_dict(sd: dict, fmt: str) -> Imported:
-    """Read `sd` through format `fmt`'s key map (the layout that explains most keys). Never raises on keys."""
-    f = FORMATS[fmt]
+def import_state_dict(sd: dict, fmt: str, formats: dict | None = None, templates: dict | None = None) -> Imported:
+    """Read `sd` through format `fmt`'s key map (the layout that explains most keys). Never raises on keys.
+    `formats` / `templates`: another family's tables (SEG_BACKBONES / BACKBONE_TEMPLATES: backbones)."""
+    f = (formats or FORMATS)[fmt]
     version = _version(sd)
     ctx_in, ctx_out = {"P": (*f.prefixes.values(), "")}, {"P": ("",)}
     best = None
     for layout in (lay for lay in f.layouts if version in lay.versions):
-        rules = _rules(layout, version)
+        rules = _rules(layout, version, templates and templates[version])
         ours, left = _apply(sd, rules, "theirs", ctx_in, ctx_out)
         if any("{L}" in t for r in rules for t in r.theirs if t):  # second pass once the stages are known
             more, left = _apply(left, rules, "theirs", {**ctx_in, "L": _last_stage(ours)}, ctx_out)
@@ -386,10 +389,11 @@ def to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> Importe
     return imp
 
 
-def from_swinkit(sd: dict, dst: str, cfg: SwinConfig) -> dict:
+def from_swinkit(sd: dict, dst: str, cfg: SwinConfig, formats: dict | None = None,
+                 templates: dict | None = None) -> dict:
     """Export a swinkit state dict of a model with config `cfg` to format `dst`, buffers included, so it
-    loads strict=True into that library's model."""
-    f = FORMATS[dst]
+    loads strict=True into that library's model. `formats` / `templates`: as for import_state_dict."""
+    f = (formats or FORMATS)[dst]
     version = _version(sd)
     layout = next((lay for lay in f.layouts if lay.export and version in lay.versions), None)
     if layout is None:
@@ -405,7 +409,8 @@ def from_swinkit(sd: dict, dst: str, cfg: SwinConfig) -> dict:
                 sd[k] = _crop_table(v, windows[int(k.split(".")[1])])
     sd.update(_buffers(sd, cfg, windows, f.buffers))
     ctx_out = {"P": (f.prefixes.get(version, ""),), "L": _last_stage(sd)}
-    out, left = _apply(sd, _rules(layout, version), "ours", {"P": ("",)}, ctx_out)
+    rules = _rules(layout, version, templates and templates[version])
+    out, left = _apply(sd, rules, "ours", {"P": ("",)}, ctx_out)
     if left:
         raise ValueError(f"{len(left)} swinkit tensors have no equivalent in the {dst} format: "
                          f"{_listing(sorted(left))}")
@@ -588,3 +593,223 @@ def infer_config(sd: dict, buffers: dict | None = None, known: dict | None = Non
         d["num_heads"] = [max(1, d["embed_dim"] * 2**i // 32) for i in range(len(d["depths"]))]
     return SwinConfig.from_dict(d), guessed
 
+
+
+# ==========================================================================================================
+# segmentation models (UPerNet / semantic FPN on a Swin backbone): backbone.*, decode_head.*, auxiliary_head.*
+# and, for mmseg's semantic FPN, neck.*. The backbone goes through a backbone table of SEG_BACKBONES with its
+# "backbone." prefix taken off; the heads through one table of SEG_HEADS per format.
+
+BACKBONE_TEMPLATES = {v: [t for t in ts if t not in ("norm.{p}", "head.fc.{p}")] + ["norm{i}.{p}"]
+                      for v, ts in TEMPLATES.items()}  # a SwinBackbone: no classifier, a norm per output stage
+
+
+def _conv_bn(prefix: str) -> list[str]:
+    """The tensors of a ConvBNReLU unit under `prefix`."""
+    return [prefix + "conv.weight", prefix + "bn.{p}", prefix + "bn.running_mean", prefix + "bn.running_var",
+            prefix + "bn.num_batches_tracked"]
+
+
+_D, _A = "decode_head.", "auxiliary_head."
+HEAD_TEMPLATES = [  # UPerNet; semantic FPN (neck convs without norm, scale heads); the auxiliary FCN head
+    *_conv_bn(_D + "ppm.convs.{k}."), *_conv_bn(_D + "ppm_bottleneck."), *_conv_bn(_D + "lateral_convs.{i}."),
+    *_conv_bn(_D + "fpn_convs.{i}."), *_conv_bn(_D + "fpn_bottleneck."),
+    _D + "lateral_convs.{i}.{p}", _D + "fpn_convs.{i}.{p}", *_conv_bn(_D + "scale_heads.{i}.{k}."),
+    _D + "classifier.{p}", *_conv_bn(_A + "convs.{k}."), _A + "classifier.{p}"]
+_FPN = (_D + "lateral_convs.{i}.{p}", _D + "fpn_convs.{i}.{p}", _D + "scale_heads.{i}.{k}.")
+
+_HF_NORMS = {"norm{i}.": "hidden_states_norms.stage{i+1}."}
+SEG_BACKBONES = {
+    "swinkit": SWINKIT,
+    # microsoft/Swin-Transformer-Semantic-Segmentation: the official layout (patch merging at the end of a
+    # stage), the absolute position embedding as a (1, C, h, w) grid, the bias-table index buffers kept
+    "official": Format((Layout((1,), {"layers.{i}.downsample.": "layers.{i-1}.downsample."}),),
+                       buffers=("relative_position_index",)),
+    "mmseg": Format(MMDET.layouts, buffers=MMDET.buffers),  # mmseg's own Swin: the mmdet table (nn.Unfold order)
+    # transformers' SwinBackbone in UperNetForSemanticSegmentation: v5 under "swin.", v4 at the top level.
+    # SwinModel's final norm is in its state dict but unused by the backbone. Swinv2Backbone: no output norms.
+    "hf": Format((Layout((1,), {**HF.layouts[0].keys, **_HF_NORMS}), Layout((2,), HF.layouts[1].keys),
+                  Layout((1,), {**HF.layouts[2].keys, **_HF_NORMS}, export=False)),
+                 prefixes={1: "swin.", 2: ""}, ignored=r"^swin\.layernorm\."),
+}
+
+
+def _hf_conv_bn(table: dict) -> dict:
+    """ConvBNReLU prefixes -> transformers' UperNetConvModule prefixes, whose BatchNorm is `batch_norm`."""
+    return {k: v for ours, theirs in table.items()
+            for k, v in ((ours + "conv.", theirs + "conv."), (ours + "bn.", theirs + "batch_norm."))}
+
+
+_MMSEG_HEADS = {
+    _D + "ppm.convs.{k}.": _D + "psp_modules.{k}.1.",  # each branch: Sequential(AdaptiveAvgPool2d, ConvModule)
+    _D + "ppm_bottleneck.": _D + "bottleneck.",
+    _D + "classifier.": _D + "conv_seg.",
+    _D + "lateral_convs.{i}.{p}": "neck.lateral_convs.{i}.conv.{p}",  # semantic FPN: mmdet's FPN neck
+    _D + "fpn_convs.{i}.{p}": "neck.fpn_convs.{i}.conv.{p}",
+    _D + "scale_heads.{i}.{k}.": _D + "scale_heads.{i}.{2k}.",  # an Upsample after every ConvModule
+    _A + "classifier.": _A + "conv_seg.",
+}
+SEG_HEADS = {
+    "swinkit": {},
+    "official": _MMSEG_HEADS,
+    "mmseg": _MMSEG_HEADS,
+    "hf": {**_hf_conv_bn({_D + "ppm.convs.{k}.": _D + "psp_modules.{k}.1.",
+                          _D + "ppm_bottleneck.": _D + "bottleneck.",
+                          **{p: p for p in (_D + "lateral_convs.{i}.", _D + "fpn_convs.{i}.", _D + "fpn_bottleneck.",
+                                            _A + "convs.{k}.")}}),
+           **dict.fromkeys(_FPN)},  # transformers has no semantic FPN
+}
+SEG_DETECT_ORDER = ("swinkit", "official", "mmseg", "hf")
+
+
+@dataclass
+class SegImported:
+    """A segmentation state dict read through one format's key maps."""
+    format: str
+    backbone: Imported  # swinkit backbone names, without "backbone."
+    heads: dict  # decode_head.* / auxiliary_head.* under swinkit names
+    unknown: list[str]
+    ignored: list[str]
+
+    @property
+    def state_dict(self) -> dict:
+        return {**{"backbone." + k: v for k, v in self.backbone.state_dict.items()}, **self.heads}
+
+
+def is_segmentation_state_dict(sd: dict) -> bool:
+    """Whether a state dict holds a decode head (a segmentation model rather than a classifier or backbone)."""
+    return any(k.startswith(("decode_head.", "auxiliary_head.")) for k in sd)
+
+
+def _split_backbone(sd: dict) -> tuple[dict, dict]:
+    """(tensors under "backbone." with the prefix removed, the rest)."""
+    inner = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return inner, {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+
+
+def import_segmentation(sd: dict, fmt: str) -> SegImported:
+    """Read a segmentation state dict through format `fmt`'s key maps. Raises only for a Swin version the format
+    lacks."""
+    inner, rest = _split_backbone(sd)
+    bb = import_state_dict(inner, fmt, SEG_BACKBONES, BACKBONE_TEMPLATES)
+    ctx = {"P": ("",)}
+    heads, left = _apply(rest, _rules(Layout((1,), SEG_HEADS[fmt]), 1, HEAD_TEMPLATES), "theirs", ctx, ctx)
+    return SegImported(fmt, bb, heads, ["backbone." + k for k in bb.unknown] + sorted(left),
+                       ["backbone." + k for k in bb.ignored])
+
+
+def detect_segmentation_format(sd: dict) -> str:
+    """The format whose key maps explain every key of a segmentation state dict with a consistent backbone."""
+    scored = []
+    for fmt in SEG_DETECT_ORDER:
+        try:
+            imp = import_segmentation(sd, fmt)
+        except ValueError:  # no layout for this Swin version
+            continue
+        scored.append((len(imp.unknown) + (0 if _consistent(imp.backbone.state_dict) else len(sd) + 1), fmt))
+    bad, fmt = min(scored, key=lambda s: s[0])
+    if bad > len(sd):
+        raise ValueError(f"not a Swin segmentation state dict of a known format ({', '.join(SEG_DETECT_ORDER)}); "
+                         f"its first keys are: {', '.join(list(sd)[:5])}")
+    return fmt
+
+
+def segmentation_to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> SegImported:
+    """Import a segmentation state dict (format detected when `src` is None). Keys no map explains are an error
+    listing them, or with strict=False a warning."""
+    imp = import_segmentation(sd, src or detect_segmentation_format(sd))
+    if imp.unknown:
+        msg = (f"{len(imp.unknown)} keys of this {imp.format} segmentation checkpoint have no place in swinkit: "
+               f"{_listing(imp.unknown)}")
+        if strict:
+            raise ValueError(msg + ". Is it a UPerNet / semantic FPN Swin checkpoint of that format? To skip them, "
+                                   "load with strict=False.")
+        warnings.warn(msg + " (skipped)", stacklevel=3)
+    return imp
+
+
+def segmentation_from_swinkit(sd: dict, dst: str, cfg: SegmentationConfig) -> dict:
+    """Export a swinkit segmentation state dict (model config `cfg`) to format `dst`: official, mmseg or hf."""
+    if dst not in SEG_BACKBONES:
+        raise ValueError(f"segmentation models convert to {', '.join(SEG_BACKBONES)}; got {dst!r}")
+    if dst == "hf" and (cfg.head != "upernet" or (cfg.aux_head and (cfg.aux_in_index, cfg.aux_num_convs) != (2, 1))):
+        raise ValueError("transformers' UperNetForSemanticSegmentation has a UPerNet head and an auxiliary head of "
+                         f"one conv on stage 2 only; this model has head={cfg.head!r}, aux_in_index="
+                         f"{cfg.aux_in_index}, aux_num_convs={cfg.aux_num_convs}. Convert it to swinkit or mmseg.")
+    if dst == "hf" and cfg.out_norms != (cfg.backbone.version == 1):
+        raise ValueError(f"transformers' Swin{'v2' if cfg.backbone.version == 2 else ''}Backbone has "
+                         f"{'no' if cfg.backbone.version == 2 else 'a'} LayerNorm per output; this model has "
+                         f"out_norms={cfg.out_norms}. Convert it to swinkit.")
+    inner, rest = _split_backbone(sd)
+    out = {"backbone." + k: v for k, v in
+           from_swinkit(inner, dst, cfg.backbone, SEG_BACKBONES, BACKBONE_TEMPLATES).items()}
+    ctx = {"P": ("",)}
+    heads, left = _apply(rest, _rules(Layout((1,), SEG_HEADS[dst]), 1, HEAD_TEMPLATES), "ours", ctx, ctx)
+    if left:
+        raise ValueError(f"{len(left)} swinkit tensors have no equivalent in the {dst} format: "
+                         f"{_listing(sorted(left))}")
+    out.update(heads)
+    if dst == "hf" and cfg.backbone.version == 1:  # SwinModel's final norm: unused by SwinBackbone, but stored
+        c = cfg.backbone.num_features
+        out.update({"backbone.swin.layernorm.weight": torch.ones(c), "backbone.swin.layernorm.bias": torch.zeros(c)})
+    return out
+
+
+def convert_segmentation_state_dict(sd: dict, src: str | None = None, dst: str = "swinkit",
+                                    cfg: SegmentationConfig | None = None) -> dict:
+    """Convert a segmentation state dict between swinkit, official (Swin-Transformer-Semantic-Segmentation),
+    mmseg and hf (transformers' UperNetForSemanticSegmentation). `cfg` is inferred from the weights when None."""
+    imp = segmentation_to_swinkit(sd, src)
+    if dst == "swinkit":
+        return imp.state_dict
+    if cfg is None:
+        cfg, _ = infer_segmentation_config(imp)
+    return segmentation_from_swinkit(imp.state_dict, dst, cfg)
+
+
+def _count(heads: dict, template: str) -> int:
+    """How many modules a ModuleList holds: the first k for which `template` (with "{k}") is not a key."""
+    return next(k for k in itertools.count() if template.format(k=k) not in heads)
+
+
+def infer_segmentation_config(imp: SegImported, known: dict | None = None) -> tuple[SegmentationConfig, list[str]]:
+    """The config of an imported segmentation state dict: the heads' shapes, the backbone's config as
+    infer_config finds it (window_mode "pad" unless `known` says otherwise), then `known` fields (a config file
+    beside the weights) for what the weights cannot tell. Returns the config and the fields that were guessed."""
+    known = dict(known or {})
+    bb_known = known.pop("backbone", None) or {}
+    if isinstance(bb_known, str):
+        bb_known = SwinConfig.from_name(bb_known, window_mode="pad").to_dict()
+    backbone, guessed = infer_config(imp.backbone.state_dict, imp.backbone.buffers,
+                                     {"window_mode": "pad", **bb_known, "num_classes": 0})
+    h = imp.heads
+    if _D + "classifier.weight" not in h:
+        raise ValueError("no decode head classifier (decode_head.classifier.weight in swinkit's names) in the weights")
+    d = dict(head="upernet" if _D + "ppm_bottleneck.conv.weight" in h else "fpn",
+             out_norms=any(re.match(r"norm\d+\.", k) for k in imp.backbone.state_dict))
+    d["num_classes"], d["channels"] = h[_D + "classifier.weight"].shape[:2]
+    if d["head"] == "upernet":
+        n = _count(h, _D + "ppm.convs.{k}.conv.weight")
+        if "pool_scales" not in known:
+            d["pool_scales"] = (1, 2, 3, 6) if n == 4 else tuple(range(1, n + 1))
+            guessed += [] if n == 4 else ["pool_scales"]
+    else:
+        d["fpn_channels"] = h[_D + "lateral_convs.0.weight"].shape[0]
+    d["aux_head"] = _A + "classifier.weight" in h
+    if d["aux_head"]:
+        d["aux_channels"] = h[_A + "classifier.weight"].shape[1]
+        d["aux_num_convs"] = _count(h, _A + "convs.{k}.conv.weight")
+        dims = [backbone.embed_dim * 2**i for i in range(len(backbone.depths))]
+        d["aux_in_index"] = dims.index(h[_A + "convs.0.conv.weight"].shape[1])
+    cfg = SegmentationConfig.from_dict({**known, **d, "backbone": backbone})
+    return dataclasses.replace(cfg, name=known.get("name") or _match_segmentation_variant(cfg) or "custom"), guessed
+
+
+def _match_segmentation_variant(cfg: SegmentationConfig) -> str | None:
+    """The first named segmentation variant with this head and backbone structure."""
+    for name in SEG_VARIANTS:
+        v = SegmentationConfig.from_name(name)
+        same = [getattr(v.backbone, k) == getattr(cfg.backbone, k) for k in STRUCTURE + ("window_size",)]
+        if all(same) and (v.head, v.channels) == (cfg.head, cfg.channels):
+            return name
+    return None

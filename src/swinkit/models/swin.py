@@ -8,10 +8,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ..config import INFERENCE_PATHS, SwinConfig
-from ..nn.blocks import PatchEmbed, PatchMerging, SwinBlock
+from ..nn.blocks import PatchEmbed, PatchMerging, SwinBlock, run_blocks
 
 class SwinStage(nn.Module):
     """Optional patch merging (every stage but the first) followed by `depth` blocks alternating W-MSA and
@@ -28,13 +27,7 @@ class SwinStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
+        return run_blocks(self.blocks, self.downsample(x), self.grad_checkpointing)
 
 
 class ClassifierHead(nn.Module):
@@ -135,7 +128,8 @@ class SwinTransformer(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"expected {expected}, got dtype {x.dtype} (convert with x.float())")
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/p, W/p, D): checked input, patch embedding (+ absolute position embedding)."""
         self._check_input(x)
         x = self.patch_embed(x)  # (B, H/p, W/p, C)
         if self.absolute_pos_embed is not None:
@@ -147,7 +141,7 @@ class SwinTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H/32, W/32, 8C) normalised last-stage map (sizes rounded up)."""
-        x = self._embed(x)
+        x = self.embed(x)
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)
@@ -158,7 +152,7 @@ class SwinTransformer(nn.Module):
         if any(not -n <= i < n for i in out_indices):
             raise ValueError(f"out_indices must be stage indices in [0, {n}), got {tuple(out_indices)}")
         wanted = {i % n for i in out_indices}
-        x, outs = self._embed(x), {}
+        x, outs = self.embed(x), {}
         for i, layer in enumerate(self.layers[:max(wanted) + 1]):
             x = layer(x)
             if i in wanted:

@@ -1,9 +1,9 @@
-"""Swin building blocks: DropPath, MLP, the (S)W-MSA block, patch embedding and patch merging."""
+"""Swin building blocks: DropPath, MLP, the (S)W-MSA block, patch embedding, merging and expanding."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..config import SwinConfig
 from .attention import WindowAttention, tracing
@@ -233,3 +233,32 @@ class PatchMerging(nn.Module):
         x = x.view(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C)  # (B, H/2, dy, W/2, dx, C)
         x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, (H + 1) // 2, (W + 1) // 2, 4 * C)  # order (dx, dy)
         return self.norm(self.reduction(x)) if self.v2 else self.reduction(self.norm(x))
+
+
+class PatchExpand(nn.Module):
+    """Patch expanding (Swin-UNet's inverse of merging): Linear C -> s*s*C_out (no bias), each token's channels
+    spread over an s x s patch in (row, column, channel) order, then LayerNorm(C_out). s=2, C_out=C/2: a decoder's
+    2x up-sampling; s=patch_size, C_out=C: the final expansion back to pixels."""
+
+    def __init__(self, dim: int, out_dim: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, sH, sW, C_out), cropped at the bottom / right to `size` when given."""
+        B, H, W, _ = x.shape
+        s = self.scale
+        x = self.expand(x).view(B, H, W, s, s, -1)  # (B, H, W, s_row, s_col, C_out)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, H * s, W * s, -1)  # (B, sH, sW, C_out)
+        if size is not None:
+            x = x[:, :size[0], :size[1]]  # the rows / columns grown from the encoder's merging padding
+        return self.norm(x)
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+    """x through each block in turn, recomputing activations in backward when grad_checkpointing."""
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else blk(x)
+    return x

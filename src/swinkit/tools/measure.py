@@ -7,8 +7,10 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..config import ALIASES, VARIANTS, SwinConfig
+from ..config import ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, SegmentationConfig, SwinConfig, SwinUNetConfig
+from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
+from ..models.unet import SwinUNet
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -44,6 +46,32 @@ def measure_variant(name: str, **overrides) -> dict:
                 paper_params_m=VARIANTS[name]["paper_params_m"], paper_gmacs=VARIANTS[name]["paper_gmacs"])
 
 
+def measure_segmentation_variant(name: str, size: tuple[int, int] | None = None, **overrides) -> dict:
+    """Build segmentation variant `name` on the meta device and count its parameters (auxiliary head included,
+    as the papers do) and the MACs of one inference pass (decode head only) at `size` (default: the size its
+    published FLOPs are for, 512 x 2048 for ADE20K), next to the published figures."""
+    cfg = SegmentationConfig.from_name(name, **overrides)
+    size = tuple(size or SEG_VARIANTS[name]["flops_size"])
+    with torch.device("meta"):
+        model = SegmentationModel(cfg)
+    bb = cfg.backbone
+    return dict(name=name, task="segmentation", head=cfg.head, backbone=bb.name, version=bb.version,
+                size=list(size), window=bb.window_size[0][0], params_m=count_params(model) / 1e6,
+                gmacs=count_macs(model.eval(), size) / 1e9, paper_params_m=SEG_VARIANTS[name]["paper_params_m"],
+                paper_gmacs=SEG_VARIANTS[name]["paper_gmacs"])
+
+
+def measure_unet_variant(name: str, **overrides) -> dict:
+    """Swin-UNet variant `name` built on the meta device: parameters and the MACs of one image at its size."""
+    cfg = SwinUNetConfig.from_name(name, **overrides)
+    with torch.device("meta"):
+        model = SwinUNet(cfg)
+    return dict(name=name, task="segmentation", head="swin-unet", version=cfg.version, size=list(cfg.img_size),
+                window=cfg.window_size[0][0], params_m=count_params(model) / 1e6,
+                gmacs=count_macs(model.eval(), cfg.img_size) / 1e9,
+                paper_params_m=UNET_VARIANTS[name]["paper_params_m"], paper_gmacs=UNET_VARIANTS[name]["paper_gmacs"])
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--aliases", action="store_true", help="also list the short aliases (swin_t, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -52,8 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     names = [n for n in VARIANTS if args.aliases or n not in ALIASES]
     rows = [measure_variant(n) for n in names]
+    seg_rows = [measure_segmentation_variant(n) for n in SEG_VARIANTS]
+    unet_rows = [measure_unet_variant(n) for n in UNET_VARIANTS]
     if args.json:
-        for r in rows:
+        for r in rows + seg_rows + unet_rows:
             print(json.dumps(r))
         return 0
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -63,4 +93,19 @@ def run(args: argparse.Namespace) -> int:
               f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
     print("params with the default head; GMACs = multiply-adds of one image at the default size (measured "
           "live with torch.utils.flop_counter); paper = figure published by the Swin papers / official model hub")
+    _print_sized("segmentation model (150 classes)", seg_rows,
+                 "params with the auxiliary head (training only); GMACs = one inference pass at the size shown "
+                 "(window mode pad); paper = Swin paper, Table 3 (ADE20K UPerNet)")
+    _print_sized("Swin-UNet", unet_rows, "Swin-UNet (Cao et al. 2021): the official configuration, 9 classes; no "
+                 "published params or FLOPs")
     return 0
+
+
+def _print_sized(title: str, rows: list[dict], note: str) -> None:
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    print(f"\n{title:36} {'V':>1} {'size':>9} {'win':>3} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
+    for r in rows:
+        size = "x".join(map(str, r["size"]))
+        print(f"{r['name']:36} {r['version']:>1} {size:>9} {r['window']:>3} {r['params_m']:>10.1f} "
+              f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
+    print(note)

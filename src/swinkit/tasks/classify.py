@@ -1,0 +1,390 @@
+"""Image classification: image folders (or the embedded digits), transforms v2 with Mixup/CutMix, a Swin
+classifier, label-smoothed cross-entropy, top-1/top-5, and top-k class predictions.
+
+The recipes are data: the official Swin recipe (Liu et al. 2021, configs of microsoft/Swin-Transformer) is the
+settings' defaults; every other recipe lists only what it changes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..config import VARIANTS, SwinConfig
+from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, build_datasets, digits_folder,
+                    eval_transform, load_image, mixup_cutmix, train_transform)
+from ..factory import create_model
+from ..models.swin import SwinTransformer
+from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
+
+ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
+# the architecture fields that make a Swin what it is (a name is kept only while they match the variant's)
+IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+                   "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans")
+# from scratch on fewer training images than this (and no --recipe), the small-data recipe is picked
+SMALL_DATA_IMAGES = 20_000
+
+
+@dataclass
+class ClassifySettings(TaskSettings):
+    """Classification settings; the defaults are the official Swin recipe."""
+    data: str | None = setting(None, "image folder: train/ and val/ class folders, or class folders to split "
+                                     "(default: the embedded scikit-learn digits)")
+    model: str = setting("swin_tiny_patch4_window7_224", "variant name, see `swinkit models`")
+    pretrained: str | None = setting(None, "start from these weights, PATH or run directory (head re-initialised "
+                                           "for new classes)")
+    # model overrides (None: the variant's)
+    img_size: int | None = setting(None, "training and evaluation size (default: the model's)")
+    patch_size: int | None = setting(None)
+    window_size: list[int] | None = setting(None, "one value, or one per stage", nargs="+")
+    embed_dim: int | None = setting(None)
+    depths: list[int] | None = setting(None, nargs="+")
+    num_heads: list[int] | None = setting(None, nargs="+")
+    drop_path_rate: float | None = setting(None, "stochastic depth (default: the variant's)")
+    # data and augmentation (0 disables a step)
+    scale: list[float] = setting([0.08, 1.0], "random-resized-crop area range", nargs=2)
+    hflip: float = setting(0.5, "horizontal flip probability")
+    randaug_n: int = setting(2, "RandAugment operations per image")
+    randaug_m: int = setting(9, "RandAugment magnitude")
+    randaug_mstd: float = setting(0.5, "RandAugment magnitude noise")
+    reprob: float = setting(0.25, "random erasing probability")
+    mixup: float = setting(0.8, "MixUp alpha")
+    cutmix: float = setting(1.0, "CutMix alpha")
+    mix_switch_prob: float = setting(0.5, "probability of CutMix when both are on")
+    smoothing: float = setting(0.1, "label smoothing")
+    crop_pct: float = setting(0.875, "eval: resize to img_size / crop_pct, centre crop")
+    val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation")
+    verify_images: bool = setting(True, "decode every image once before training and skip unreadable ones")
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "official": {},
+    # fine-tuning (official 22k->1k configs): short warmup, small lr, no weight decay to speak of, layer decay
+    "finetune": dict(epochs=30, warmup_epochs=5, lr=2e-5, warmup_lr=2e-8, min_lr=2e-7, weight_decay=1e-8,
+                     layer_decay=0.9),
+    # small data from scratch, measured on cifar10-mini (benchmarks/train_cifar10_mini.py, docs/training.md)
+    "small": dict(model="swin_t", img_size=32, patch_size=4, window_size=4, embed_dim=64, depths=[2, 2],
+                  num_heads=[2, 4], drop_path_rate=0.0, epochs=60, warmup_epochs=2, batch_size=32, lr=1e-3,
+                  warmup_lr=1e-6, min_lr=1e-5, lr_base_size=32, scale=[0.7, 1.0], randaug_n=0, mixup=0.0,
+                  cutmix=0.0, reprob=0.0, crop_pct=1.0),
+    # the embedded digits (`make demo`): 8x8 grayscale digits read at 32x32, one token per original pixel; one
+    # compute thread and one loading process use 2 cores without the two competing
+    "digits": dict(model="swin_t", img_size=32, patch_size=4, window_size=4, embed_dim=32, depths=[2, 2],
+                   num_heads=[2, 4], drop_path_rate=0.0, epochs=30, warmup_epochs=1, batch_size=32,
+                   lr=3e-3, warmup_lr=3e-6, min_lr=3e-5, lr_base_size=32, scale=[0.8, 1.0], hflip=0.0,
+                   randaug_n=0, mixup=0.0, cutmix=0.0, reprob=0.0, crop_pct=1.0, threads=1, workers=1),
+}
+SMALL_DATA_WHY = ("the official recipe (Swin-T, 300 epochs of heavy augmentation, built for ImageNet's 1.28M images) "
+                  "underfits data this small (cifar10-mini: 30% top-1 after 8 epochs with it, 61% with --recipe "
+                  "small; docs/training.md)")
+
+
+def count_images(data: str | Path) -> int:
+    """Image files in the training part of an image folder (data/train/<class> or data/<class>)."""
+    root = Path(data) / "train" if (Path(data) / "train").is_dir() else Path(data)
+    if not root.is_dir():
+        return 0
+    return sum(1 for c in os.scandir(root) if c.is_dir() for f in os.scandir(c.path)
+               if f.name.lower().endswith(IMG_EXTENSIONS))
+
+
+def describe_swin(cfg: SwinConfig) -> str:
+    """What a Swin config is: its variant name while the architecture is the variant's ("swin_t", "swin_t at
+    32x32"), else its shape ("custom Swin V1: patch 4, window 4, C 32, depths 2-2, heads 2-4, 32x32")."""
+    size = "x".join(map(str, cfg.img_size))
+    if cfg.name in VARIANTS:
+        ref = SwinConfig.from_name(cfg.name)
+        if all(getattr(cfg, f) == getattr(ref, f) for f in IDENTITY_FIELDS):
+            return cfg.name if cfg.img_size == ref.img_size else f"{cfg.name} at {size}"
+    windows = {w for w in cfg.window_size}
+    window = "-".join(str(w[0]) if w[0] == w[1] else f"{w[0]}x{w[1]}" for w in
+                      (cfg.window_size if len(windows) > 1 else cfg.window_size[:1]))
+    return (f"custom Swin V{cfg.version}: patch {cfg.patch_size}, window {window}, C {cfg.embed_dim}, depths "
+            f"{'-'.join(map(str, cfg.depths))}, heads {'-'.join(map(str, cfg.num_heads))}, {size}")
+
+
+def set_drop_path(model: SwinTransformer, rate: float) -> None:
+    """Stochastic depth rising linearly from 0 to `rate` over the blocks (for a model loaded from a checkpoint)."""
+    blocks = model.blocks()
+    for blk, p in zip(blocks, torch.linspace(0, rate, len(blocks)).tolist()):
+        blk.drop_path.p = p
+    model.cfg.drop_path_rate = rate
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics and predictions
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
+             num_classes: int | None = None) -> dict:
+    """Cross-entropy loss, top-1 and top-5 (%) over `loader`, summed across ranks when distributed. Top-5 is
+    top-min(5, classes). With `num_classes`, also the (C, C) confusion matrix (rows: true class)."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long, device=device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(x).float()  # (B, C)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
+        hits = top == y[:, None]
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
+                             torch.tensor(len(y), device=device)]).double()
+        if num_classes:
+            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2).view_as(confusion)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+        dist.all_reduce(confusion)
+    loss, c1, c5, n = sums.tolist()
+    out = {"loss": loss / max(n, 1), "top1": 100 * c1 / max(n, 1), "top5": 100 * c5 / max(n, 1),
+           "num_images": int(n)}
+    if num_classes:
+        out["confusion"] = confusion.cpu()
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, class_names: list[str], topk: int = 5) -> list[list[dict]]:
+    """images (B, 3, H, W) -> per image, the top-k [{"class", "index", "prob"}], most probable first."""
+    probs = model(images).float().softmax(dim=-1)  # (B, C)
+    p, idx = probs.topk(min(topk, probs.shape[1]), dim=-1)  # (B, k)
+    return [[{"class": class_names[i], "index": i, "prob": q} for q, i in zip(pr.tolist(), ix.tolist())]
+            for pr, ix in zip(p, idx)]
+
+
+def save_confusion_png(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
+    """Draw the (C, C) count matrix (rows: true, columns: predicted) with scikit-learn's display; values and
+    labels are left out when there are too many classes to read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from ..io.checkpoint import atomic_write
+
+    C = len(class_names)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.45 * C, 30), min(3.5 + 0.45 * C, 30)))
+    ConfusionMatrixDisplay(confusion.numpy(), display_labels=class_names if C <= 50 else None).plot(
+        ax=ax, include_values=C <= 20, xticks_rotation="vertical", colorbar=True, cmap="Blues")
+    ax.set_title("confusion matrix (rows: true class)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def eval_folder(data: Path) -> Path:
+    """`data/val` when it exists (a training tree), else `data` itself."""
+    return data / "val" if (data / "val").is_dir() else data
+
+
+def default_data_config(model: SwinTransformer) -> dict:
+    size = model.cfg.img_size
+    return {"img_size": size[0] if size[0] == size[1] else list(size), "crop_pct": 0.875,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the task
+
+
+class ClassifyTask(Task):
+    """Classify images into the class folders of --data (or the embedded digits)."""
+
+    name = "classify"
+    primary_metric = "top1"
+    Settings = ClassifySettings
+    recipes = RECIPES
+    default_recipe = "official"
+    plot_metrics = ("top1", "top5")
+
+    # ---- settings
+
+    @classmethod
+    def choose_recipe(cls, given: dict) -> tuple[str, str | None]:
+        """digits with no --data, finetune with --pretrained; from scratch on fewer than SMALL_DATA_IMAGES
+        training images, small (or, when the architecture was chosen by flags, official with a hint)."""
+        if not given.get("data"):
+            return "digits", None
+        if given.get("pretrained"):
+            return "finetune", None
+        n = count_images(given["data"])
+        if not 0 < n < SMALL_DATA_IMAGES:
+            return "official", None
+        if any(k in given for k in ("model", *ARCH_KEYS)):
+            return "official", f"hint: {n} training images from scratch: consider --recipe small; {SMALL_DATA_WHY}"
+        return "small", (f"recipe small: {n} training images from scratch (fewer than {SMALL_DATA_IMAGES:,}); "
+                         f"{SMALL_DATA_WHY}. --recipe official keeps the official one")
+
+    @classmethod
+    def resolve(cls, flat: dict, given: dict) -> dict:
+        if given.get("pretrained"):
+            clash = [k for k in ("model", *ARCH_KEYS[1:]) if k in given]
+            if clash:
+                raise ValueError(f"--pretrained takes the architecture from the checkpoint; remove "
+                                 f"{['--' + k.replace('_', '-') for k in clash]}")
+            flat.update({k: None for k in ARCH_KEYS[1:]})
+        if isinstance(flat["window_size"], list) and len(flat["window_size"]) == 1:
+            flat["window_size"] = flat["window_size"][0]
+        return flat
+
+    # ---- training
+
+    def build_datasets(self):
+        c = self.cfg
+        self.train_ds, self.val_ds = build_datasets(c.data or digits_folder(), None, None, c.val_fraction,
+                                                    self.settings.run.seed, c.verify_images)
+        if len(self.val_ds) == 0:
+            raise ValueError(f"no validation images in {c.data}: add a val/ folder or raise --val-fraction")
+        self.classes = self.train_ds.classes
+        self.mix = mixup_cutmix(len(self.classes), c.mixup, c.cutmix, c.mix_switch_prob)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.smoothing)
+        return self.train_ds, self.val_ds
+
+    def build_model(self, config: dict | None = None) -> SwinTransformer:
+        """The model, then the transforms at --img-size or the model's own size."""
+        model = self.model_from_config(config) if config else self._new_model()
+        c, size = self.cfg, self.cfg.img_size or model.cfg.img_size[0]
+        self.data_cfg = {"img_size": size, "crop_pct": c.crop_pct, "mean": list(IMAGENET_MEAN),
+                         "std": list(IMAGENET_STD)}
+        self.train_ds.transform = train_transform(size, c.scale, c.hflip, c.randaug_n, c.randaug_m, c.randaug_mstd,
+                                                  c.reprob)
+        self.val_ds.transform = eval_transform(size, c.crop_pct)
+        return model
+
+    def _new_model(self) -> SwinTransformer:
+        c, n = self.cfg, len(self.classes)
+        if c.pretrained:
+            from ..io.checkpoint import load_model
+
+            source = Path(c.pretrained)
+            model = load_model(source / "best.pt" if (source / "best.pt").is_file() else c.pretrained)
+            if model.num_classes != n:
+                model.reset_classifier(n)
+            if c.drop_path_rate is not None:
+                set_drop_path(model, c.drop_path_rate)
+            return model
+        arch = {k: getattr(c, k) for k in (*ARCH_KEYS, "drop_path_rate") if getattr(c, k) is not None}
+        model = create_model(c.model, num_classes=n, **arch)
+        if describe_swin(model.cfg).startswith("custom"):
+            model.cfg.name = "custom"  # a variant's name stays only on the variant's architecture
+        return model
+
+    def model_config(self, model: SwinTransformer) -> dict:
+        return model.cfg.to_dict()
+
+    @classmethod
+    def model_from_config(cls, config: dict) -> SwinTransformer:
+        return SwinTransformer(SwinConfig.from_dict(config))
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = (t.to(self.env.device, non_blocking=True) for t in batch)
+        if self.mix is not None:
+            x, y = self.mix(x, y)  # y: (B, C) soft targets
+        return self.criterion(model(x), y)
+
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        m = evaluate(model, loader, self.env.device, self.env.amp_dtype)
+        return {"loss": m["loss"], "top1": m["top1"], "top5": m["top5"]}
+
+    def checkpoint_meta(self) -> dict:
+        return {"class_names": self.classes, "data": self.data_cfg}
+
+    def summary_extra(self) -> dict:
+        skipped = len(self.train_ds.skipped) + (len(self.val_ds.skipped) if self.val_ds.root != self.train_ds.root
+                                                else 0)
+        return {"skipped_files": skipped}
+
+    def describe_model(self, model: SwinTransformer) -> str:
+        return describe_swin(model.cfg)
+
+    def describe_data(self, train, val) -> str:
+        return f"{len(train)} images / {len(self.classes)} classes, val {len(val)}"
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        names = {"top1": "top-1", "top5": "top-5"}
+        return "  ".join(f"{names[k]} {v:.2f}%" for k, v in metrics.items() if k in names)
+
+    # ---- eval and predict
+
+    @classmethod
+    def load(cls, path: Path, ck: dict | None) -> Loaded:
+        """A swinkit checkpoint, or any file `swinkit.io.checkpoint.load_model` reads (class names then come from
+        the checkpoint when it has them, else "0".."C-1")."""
+        if ck is not None:
+            model = cls.model_from_config(ck["config"])
+            model.load_state_dict(ck["model"])
+            names, data_cfg = ck.get("class_names"), ck.get("data", {})
+        else:
+            from ..io.checkpoint import load_model
+
+            model = load_model(path)
+            names, data_cfg = getattr(model, "class_names", None), {}
+        meta = {"class_names": list(names or [str(i) for i in range(model.num_classes)]),
+                "data": {**default_data_config(model), **data_cfg}}
+        return Loaded(cls, model.eval(), meta, path)
+
+    @classmethod
+    def add_eval_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--img-size", type=int, help="evaluation size (default: the checkpoint's)")
+        parser.add_argument("--crop-pct", type=float, help="resize to img_size / crop_pct, then centre crop")
+
+    @classmethod
+    def run_eval(cls, loaded: Loaded, args: argparse.Namespace) -> tuple[dict, str]:
+        names, data_cfg, device = loaded.meta["class_names"], loaded.meta["data"], torch.device(args.device)
+        tf = eval_transform(args.img_size or data_cfg["img_size"], args.crop_pct or data_cfg["crop_pct"],
+                            data_cfg["mean"], data_cfg["std"])
+        folder = eval_folder(Path(args.data))
+        ds = ImageFolderDataset(folder, tf, classes=names, classes_from=f"checkpoint {args.checkpoint}")
+        loader = DataLoader(ds, args.batch_size, num_workers=args.workers)
+        m = evaluate(loaded.model.to(device), loader, device, AMP_DTYPES[args.amp], num_classes=len(names))
+        save_confusion_png(m["confusion"], names, args.confusion)
+        result = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"], "num_images": m["num_images"],
+                  "num_classes": len(names), "skipped_files": len(ds.skipped), "checkpoint": str(args.checkpoint),
+                  "data": str(folder), "confusion_png": str(args.confusion)}
+        text = (f"{args.checkpoint} on {folder} ({m['num_images']} images, {len(names)} classes)\n"
+                f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}\n"
+                f"confusion matrix: {args.confusion}")
+        return result, text
+
+    @classmethod
+    def add_predict_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--topk", type=int, default=5, help="classes to show per image")
+
+    @classmethod
+    def run_predict(cls, loaded: Loaded, args: argparse.Namespace) -> int:
+        import json
+
+        if args.topk < 1:
+            raise ValueError(f"--topk must be >= 1, got {args.topk}")
+        names, data_cfg, device = loaded.meta["class_names"], loaded.meta["data"], torch.device(args.device)
+        model = loaded.model.to(device)
+        tf = eval_transform(data_cfg["img_size"], data_cfg["crop_pct"], data_cfg["mean"], data_cfg["std"])
+        failed = 0
+        for start in range(0, len(args.images), args.batch_size):
+            paths, batch = [], []
+            for path in args.images[start:start + args.batch_size]:
+                try:
+                    batch.append(tf(load_image(path)))
+                    paths.append(path)
+                except (OSError, ValueError) as e:
+                    failed += 1
+                    print(f"error: cannot read {path}: {e}", file=sys.stderr)
+            if not batch:
+                continue
+            for path, top in zip(paths, predict(model, torch.stack(batch).to(device), names, args.topk)):
+                if args.json:
+                    print(json.dumps({"image": path, "predictions": top}))
+                else:
+                    print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top))
+        return 1 if failed else 0
