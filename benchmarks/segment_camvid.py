@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "camvid"
 RECIPE = S.RECIPES["camvid"]
 SWIN_ARCH = dict(embed_dim=RECIPE["embed_dim"], depths=RECIPE["depths"], num_heads=RECIPE["num_heads"],
-                 window_size=RECIPE["window_size"])
+                 window_size=RECIPE["window_size"][0])
 RUNS = {  # name -> swinkit --model (None: segmentation_models_pytorch)
     "upernet": "upernet_swin_t", "fpn": "fpn_swin_t", "unet": "swin_unet_tiny", "smp": None,
 }
@@ -88,20 +88,23 @@ def run_swinkit(name: str, minutes: float, out: Path, train) -> dict:
                 miou=float(last["val_miou"]), pixel_acc=float(last["val_pixel_acc"]), **per_class)
 
 
-def run_smp(minutes: float, train, val, names, ignore) -> dict:
+def run_smp(minutes: float, train, val, names, ignore, class_weight: bool) -> dict:
     """segmentation_models_pytorch U-Net (ResNet-18 encoder, random init) with the recipe's batch, AdamW, lr,
-    weight decay, warmup + cosine and clipping, on the same datasets; validated once at the end."""
+    weight decay, warmup + cosine and clipping (and, with class_weight, its median-frequency loss weights), on
+    the same datasets; validated once at the end."""
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(0)
     model = smp.Unet("resnet18", encoder_weights=None, classes=len(names))
+    weights = S.median_frequency_weights([lab for _, lab in train.samples], len(names), ignore) \
+        if class_weight else None
 
     def loss_fn(m, x, y):
         # the U-Net needs sides divisible by 32: pad the batch (ignored pixels), crop the logits back
         H, W = x.shape[-2:]
         ph, pw = -H % 32, -W % 32
         logits = m(torch.nn.functional.pad(x, (0, pw, 0, ph)))[..., :H, :W]
-        return torch.nn.functional.cross_entropy(logits, y, ignore_index=ignore)
+        return torch.nn.functional.cross_entropy(logits, y, weights, ignore_index=ignore)
 
     spi = seconds_per_image(model.train(), loss_fn, train)
     epochs = epochs_for(minutes, spi * 1.05, len(train))
@@ -137,7 +140,8 @@ def run_smp(minutes: float, train, val, names, ignore) -> dict:
     val_loader = torch.utils.data.DataLoader(val, 4, collate_fn=S.collate)
     m = S.evaluate(Padded(model).eval(), val_loader, len(names), ignore, torch.device("cpu"))
     s = S.segmentation_metrics(m["confusion"], names)
-    return dict(run="smp", model="smp.Unet(resnet18), random init", epochs=epochs, train_minutes=round(train_s / 60, 1),
+    return dict(run="smp", model="smp.Unet(resnet18), random init" + (", median-freq weights" if weights is not None
+                                                                       else ", unweighted CE"), epochs=epochs, train_minutes=round(train_s / 60, 1),
                 miou=s["miou"], pixel_acc=s["pixel_acc"], **{k: v for k, v in s["per_class_iou"].items()})
 
 
@@ -147,6 +151,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="training-time budget of each run")
     parser.add_argument("--tag", default="budget")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smp-class-weight", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the smp U-Net the camvid recipe's median-frequency loss weights too")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data/camvid")
@@ -155,7 +161,7 @@ def main() -> None:
     rows = []
     for name in args.runs:
         out = HERE / "runs" / f"camvid_{args.tag}_{name}"
-        row = run_smp(args.minutes, train, val, names, ignore) if name == "smp" else \
+        row = run_smp(args.minutes, train, val, names, ignore, args.smp_class_weight) if name == "smp" else \
             run_swinkit(name, args.minutes, out, train)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -22,7 +22,7 @@ from swinkit.cli import main
 from swinkit.config import SwinConfig
 from swinkit.tasks import TASKS, get_task
 from swinkit.tasks.base import LOOP_SETTINGS, Loaded, Task, TaskSettings, TrainSettings, flat_key, setting
-from swinkit.tasks.classify import ClassifySettings, describe_swin
+from swinkit.tasks.classify import ClassifySettings
 
 
 def parse(*argv: str) -> TrainSettings:
@@ -121,12 +121,12 @@ def test_the_note_is_printed_before_training(folder, tmp_path, capsys):
 
 
 def test_models_are_named_by_what_they_are():
-    assert describe_swin(SwinConfig.from_name("swin_t")) == "swin_t"
-    assert describe_swin(SwinConfig.from_name("swin_t", img_size=32, num_classes=10)) == "swin_t at 32x32"
+    assert SwinConfig.from_name("swin_t").describe() == "swin_t"
+    assert SwinConfig.from_name("swin_t", img_size=32, num_classes=10).describe() == "swin_t at 32x32"
     digits = SwinConfig.from_name("swin_t", img_size=32, patch_size=4, window_size=4, embed_dim=32, depths=(2, 2),
                                   num_heads=(2, 4))
-    assert describe_swin(digits) == "custom Swin V1: patch 4, window 4, C 32, depths 2-2, heads 2-4, 32x32"
-    assert describe_swin(SwinConfig(version=2, window_size=[8, 8, 8, 4])) == \
+    assert digits.describe() == "custom Swin V1: patch 4, window 4, C 32, depths 2-2, heads 2-4, 32x32"
+    assert SwinConfig(version=2, window_size=[8, 8, 8, 4]).describe() == \
         "custom Swin V2: patch 4, window 8-8-8-4, C 96, depths 2-2-6-2, heads 3-6-12-24, 224x224"
 
 

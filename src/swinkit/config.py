@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
+# the fields that make a variant what it is (a config keeps its variant's name while they match)
+IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+                   "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans")
 WINDOW_MODES = ("clamp", "pad")
 INFERENCE_PATHS = ("auto", "windows", "plain")
 
@@ -93,6 +96,21 @@ class SwinConfig:
             raise ValueError("window_size, patch_size and in_chans must be >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    def describe(self, with_size: bool = True) -> str:
+        """What the config is: its variant name while the architecture is the variant's ("swin_t", "swin_t at
+        32x32"), else its shape ("custom Swin V1: patch 4, window 4, C 32, depths 2-2, heads 2-4, 32x32")."""
+        size = "x".join(map(str, self.img_size))
+        if self.name in VARIANTS:
+            ref = SwinConfig.from_name(self.name)
+            if all(getattr(self, f) == getattr(ref, f) for f in IDENTITY_FIELDS):
+                return self.name if self.img_size == ref.img_size or not with_size else f"{self.name} at {size}"
+        windows = {w for w in self.window_size}
+        window = "-".join(str(w[0]) if w[0] == w[1] else f"{w[0]}x{w[1]}" for w in
+                          (self.window_size if len(windows) > 1 else self.window_size[:1]))
+        return (f"custom Swin V{self.version}: patch {self.patch_size}, window {window}, C {self.embed_dim}, depths "
+                f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}"
+                + (f", {size}" if with_size else ""))
 
     @property
     def num_features(self) -> int:

@@ -530,11 +530,18 @@ def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", clas
         save_state_dict(sd, cfg, path, class_names)
         return path
     out = from_swinkit(sd, fmt, cfg)
-    if fmt == "hf":
+    hf = _hf_config(cfg, class_names) if fmt == "hf" else None
+    return _write_converted(out, path, hf, lambda sd: {"model": sd} if fmt == "official" else sd)
+
+
+def _write_converted(out: dict, path: Path, hf_config: dict | None, wrap) -> Path:
+    """Another format's tensors to disk, atomically: with `hf_config` a directory (model.safetensors +
+    config.json); else .pth/.pt/.bin (torch.save of wrap(tensors)) or safetensors."""
+    if hf_config is not None:
         _write_safetensors(out, path / "model.safetensors")
-        _write_json(_hf_config(cfg, class_names), path / "config.json")
+        _write_json(hf_config, path / "config.json")
     elif path.suffix in (".pth", ".pt", ".bin"):
-        obj = {"model": _plain(out)} if fmt == "official" else _plain(out)
+        obj = wrap(_plain(out))
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
     else:
         _write_safetensors(out, path)
@@ -889,15 +896,9 @@ def write_segmentation_checkpoint(sd: dict, cfg: SegmentationConfig, path, fmt: 
         save_state_dict(sd, cfg, path, class_names)
         return path
     out = segmentation_from_swinkit(sd, fmt, cfg)
-    if fmt == "hf":
-        _write_safetensors(out, path / "model.safetensors")
-        _write_json(_hf_upernet_config(cfg, class_names), path / "config.json")
-    elif path.suffix in (".pth", ".pt", ".bin"):
-        obj = {"state_dict": _plain(out), **({"meta": {"CLASSES": list(class_names)}} if class_names else {})}
-        atomic_write(path, lambda tmp: torch.save(obj, tmp))
-    else:
-        _write_safetensors(out, path)
-    return path
+    hf = _hf_upernet_config(cfg, class_names) if fmt == "hf" else None
+    meta = {"meta": {"CLASSES": list(class_names)}} if class_names else {}
+    return _write_converted(out, path, hf, lambda sd: {"state_dict": sd, **meta})
 
 
 def _inspect_segmentation(ckpt: SegmentationCheckpoint) -> str:

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..config import VARIANTS, SwinConfig
+from ..config import SwinConfig
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, build_datasets, digits_folder,
                     eval_transform, load_image, mixup_cutmix, train_transform)
 from ..factory import create_model
@@ -27,9 +27,6 @@ from ..models.swin import SwinTransformer
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
-# the architecture fields that make a Swin what it is (a name is kept only while they match the variant's)
-IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
-                   "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans")
 # from scratch on fewer training images than this (and no --recipe), the small-data recipe is picked
 SMALL_DATA_IMAGES = 20_000
 
@@ -95,21 +92,6 @@ def count_images(data: str | Path) -> int:
         return 0
     return sum(1 for c in os.scandir(root) if c.is_dir() for f in os.scandir(c.path)
                if f.name.lower().endswith(IMG_EXTENSIONS))
-
-
-def describe_swin(cfg: SwinConfig) -> str:
-    """What a Swin config is: its variant name while the architecture is the variant's ("swin_t", "swin_t at
-    32x32"), else its shape ("custom Swin V1: patch 4, window 4, C 32, depths 2-2, heads 2-4, 32x32")."""
-    size = "x".join(map(str, cfg.img_size))
-    if cfg.name in VARIANTS:
-        ref = SwinConfig.from_name(cfg.name)
-        if all(getattr(cfg, f) == getattr(ref, f) for f in IDENTITY_FIELDS):
-            return cfg.name if cfg.img_size == ref.img_size else f"{cfg.name} at {size}"
-    windows = {w for w in cfg.window_size}
-    window = "-".join(str(w[0]) if w[0] == w[1] else f"{w[0]}x{w[1]}" for w in
-                      (cfg.window_size if len(windows) > 1 else cfg.window_size[:1]))
-    return (f"custom Swin V{cfg.version}: patch {cfg.patch_size}, window {window}, C {cfg.embed_dim}, depths "
-            f"{'-'.join(map(str, cfg.depths))}, heads {'-'.join(map(str, cfg.num_heads))}, {size}")
 
 
 def set_drop_path(model: SwinTransformer, rate: float) -> None:
@@ -276,7 +258,7 @@ class ClassifyTask(Task):
             return model
         arch = {k: getattr(c, k) for k in (*ARCH_KEYS, "drop_path_rate") if getattr(c, k) is not None}
         model = create_model(c.model, num_classes=n, **arch)
-        if describe_swin(model.cfg).startswith("custom"):
+        if model.cfg.describe().startswith("custom"):
             model.cfg.name = "custom"  # a variant's name stays only on the variant's architecture
         return model
 
@@ -306,7 +288,7 @@ class ClassifyTask(Task):
         return {"skipped_files": skipped}
 
     def describe_model(self, model: SwinTransformer) -> str:
-        return describe_swin(model.cfg)
+        return model.cfg.describe()
 
     def describe_data(self, train, val) -> str:
         return f"{len(train)} images / {len(self.classes)} classes, val {len(val)}"

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..config import SEG_VARIANTS, UNET_VARIANTS, SegmentationConfig, SwinConfig, SwinUNetConfig
+from ..config import SEG_VARIANTS, UNET_VARIANTS, SegmentationConfig, SwinUNetConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, load_image
 from ..factory import create_segmentation_model
 from ..models.segmentation import SegmentationModel
@@ -582,7 +582,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "camvid": dict(model="upernet_swin_t", embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
                    window_size=[8], head_channels=64, drop_path_rate=0.1, crop_size=[256, 320],
                    scale=[0.5, 1.5], epochs=12, warmup_epochs=1, batch_size=8, lr=1e-3, lr_base_size=8,
-                   warmup_lr=1e-6, min_lr=1e-5, weight_decay=0.05, clip_grad=5.0),
+                   warmup_lr=1e-6, min_lr=1e-5, weight_decay=0.05, clip_grad=5.0, class_weight="median-freq"),
 }
 
 
@@ -873,29 +873,22 @@ def _pct(v: float | None) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}%"
 
 
-def describe_swin(cfg: SwinConfig) -> str:
-    """classify.describe_swin without the input size, which a dense model does not have."""
-    from .classify import describe_swin as describe
-
-    return describe(cfg).removesuffix(f", {cfg.img_size[0]}x{cfg.img_size[1]}")
-
-
 def describe_segmentation_model(model: nn.Module) -> str:
     """What a segmentation model is: its variant name while the architecture is the variant's, else its parts
     ("UPerNet (64 ch, aux head) on custom Swin V1: patch 4, window 8, C 32, ...")."""
     cfg = model.cfg
     if isinstance(model, SwinUNet):
         ref = SwinUNetConfig.from_name(cfg.name) if cfg.name in UNET_VARIANTS else None
-        if ref is not None and describe_swin(cfg) == describe_swin(ref) and cfg.depths_decoder == ref.depths_decoder:
+        if ref is not None and cfg.describe(with_size=False) == ref.describe(with_size=False) and cfg.depths_decoder == ref.depths_decoder:
             return cfg.name
         return f"Swin-UNet (decoder depths {'-'.join(map(str, cfg.depths_decoder))}) on " + \
-            describe_swin(cfg.encoder_config())
+            cfg.encoder_config().describe(with_size=False)
     head_fields = ("head", "channels", "pool_scales", "fpn_channels", "aux_head", "aux_in_index", "aux_channels",
                    "aux_num_convs")
     if cfg.name in SEG_VARIANTS:
         ref = SegmentationConfig.from_name(cfg.name)
         if all(getattr(cfg, f) == getattr(ref, f) for f in head_fields) and \
-                describe_swin(cfg.backbone) == describe_swin(ref.backbone):
+                cfg.backbone.describe(with_size=False) == ref.backbone.describe(with_size=False):
             return cfg.name
     head = {"upernet": "UPerNet", "fpn": "semantic FPN"}[cfg.head]
-    return f"{head} ({cfg.channels} ch{', aux head' if cfg.aux_head else ''}) on {describe_swin(cfg.backbone)}"
+    return f"{head} ({cfg.channels} ch{', aux head' if cfg.aux_head else ''}) on {cfg.backbone.describe(with_size=False)}"
