@@ -9,7 +9,6 @@ Prints a table (images/s, median of the rounds; ratio = swinkit auto's speed ove
 and writes benchmarks/batch_sweep_<model>_<allocator>.csv and .png.
 """
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -102,10 +101,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, {args.allocator} allocator")
     rows = sweep(args.model, args.batches, args.dtypes, args.rounds, args.warmup)
     out = HERE / f"batch_sweep_{args.model}_{args.allocator}"
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(rows, out.with_suffix(".csv"), list(rows[0]))  # atomic, like every swinkit CSV
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out}.csv and .png")
 

@@ -5,7 +5,6 @@ against the block's input size (B*H*W*C elements). This is what sets swinkit.nn.
 
 Prints one line per (dtype, stage, batch): the two median times and their ratio; writes benchmarks/block_paths.csv.
 """
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from swinkit import create_model
+from swinkit.tools import bench
 
 HERE = Path(__file__).resolve().parent
 STAGES = [(0, 56, 96), (1, 28, 192), (2, 14, 384), (3, 7, 768)]  # Swin-T at 224^2: stage, map side, width
@@ -46,10 +46,7 @@ def main() -> None:
                                      windows_ms=round(w * 1e3, 2), plain_ms=round(p * 1e3, 2),
                                      windows_over_plain=round(w / p, 3)))
                     print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-    with open(HERE / "block_paths.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(rows, HERE / "block_paths.csv", list(rows[0]))  # atomic, like every swinkit CSV
     print(f"wrote {HERE / 'block_paths.csv'}")
 
 

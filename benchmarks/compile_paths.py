@@ -8,7 +8,6 @@ with both eager paths: eager plain is what compile starts from, eager auto is wh
 Prints median images/s per variant and the ratios; writes benchmarks/compile_paths.csv.
 """
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 import swinkit
+from swinkit.tools import bench
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,10 +63,7 @@ def main() -> None:
             [a / c for a, c in zip(times["eager auto"], times["compiled"])]), 3)
         rows.append(row)
         print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
-    with open(HERE / "compile_paths.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(rows, HERE / "compile_paths.csv", list(rows[0]))  # atomic, like every swinkit CSV
     print(f"wrote {HERE / 'compile_paths.csv'}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from swinkit.tasks import segment as S
+from swinkit.tools import bench
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "camvid"
@@ -167,10 +168,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     fields = ["run", "model", "epochs", "train_minutes", "miou", "pixel_acc", *names]
     path = HERE / f"segment_camvid_{args.tag}"
-    with open(path.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(rows, path.with_suffix(".csv"), fields)  # atomic, like every swinkit CSV
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(fields) + " |", "|" + " --- |" * len(fields)]
     lines += ["| " + " | ".join(fmt(r.get(k, "-")) for k in fields) + " |" for r in rows]

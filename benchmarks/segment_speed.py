@@ -9,7 +9,6 @@ Prints the table and writes benchmarks/segment_speed.csv. Peak memory is the pro
 once model and input are built (what `swinkit bench` reports).
 """
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -74,6 +73,7 @@ def main() -> None:
         return worker(json.loads(args.worker))
     import swinkit
     from swinkit.io.checkpoint import write_segmentation_checkpoint
+    from swinkit.tools import bench
 
     torch.manual_seed(0)
     model = swinkit.create_segmentation_model("upernet_swin_t", num_classes=150).eval()
@@ -100,10 +100,7 @@ def main() -> None:
     if ours["s_per_step"] and peer["s_per_step"]:
         print(f"512x512 b2: swinkit {peer['s_per_step'] / ours['s_per_step']:.2f}x faster, "
               f"{ours['peak_mb'] / peer['peak_mb']:.2f}x the peak memory of transformers")
-    with open(HERE / "segment_speed.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    bench.write_csv(rows, HERE / "segment_speed.csv", list(rows[0]))  # atomic, like every swinkit CSV
     for row in rows:
         print(row)
 

@@ -355,16 +355,21 @@ def _fit(ckpt: Checkpoint, cfg: SwinConfig, class_map) -> tuple[dict, bool]:
     return sd, head_out
 
 
+def _check_shapes(ckpt, sd: dict, own: dict) -> None:
+    """A CheckpointError listing the checkpoint tensors whose shape differs from the model's (`own`)."""
+    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{ckpt.describe()}: tensors do not fit the model: {', '.join(bad[:8])}")
+
+
 def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_map=None) -> SwinTransformer:
     """A model of `cfg` holding the checkpoint's weights (transferred where they differ), in eval mode."""
     sd, head_out = _fit(ckpt, cfg, class_map)
     with torch.device("meta"):  # shapes only: initialising weights the checkpoint replaces is wasted work
         model = SwinTransformer(cfg)
     own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
-           if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{ckpt.describe()}: tensors do not fit the model: {', '.join(bad[:8])}")
+    _check_shapes(ckpt, sd, own)
     missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
     reported = [k for k in missing if not (head_out and k.startswith("head."))]
     if reported or unexpected:
@@ -803,10 +808,7 @@ def build_segmentation_model(ckpt: SegmentationCheckpoint, strict: bool = True, 
     sd = {k: v for k, v in sd.items() if not k.startswith(tuple(fresh))}
     model = SegmentationModel(cfg)
     own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
-           if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{ckpt.describe()}: tensors do not fit the model: {', '.join(bad[:8])}")
+    _check_shapes(ckpt, sd, own)
     missing = [k for k in own if k not in sd and not k.startswith(tuple(fresh))]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
