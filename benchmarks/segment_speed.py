@@ -11,7 +11,6 @@ once model and input are built (what `swinkit bench` reports).
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-TAG = "RESULT "
 
 
 def worker(spec: dict) -> None:
@@ -50,15 +48,13 @@ def worker(spec: dict) -> None:
             times.append(time.perf_counter() - t0)
         peak = bench._peak("cpu") - base
     assert out.shape[-2:] == x.shape[-2:]
-    print(TAG + json.dumps({"s_per_step": statistics.median(times), "peak_mb": peak / 2**20}), flush=True)
+    print(bench.RESULT_TAG + json.dumps({"s_per_step": statistics.median(times), "peak_mb": peak / 2**20}), flush=True)
 
 
 def measure(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith(TAG):
-            return json.loads(line[len(TAG):])
-    return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    from swinkit.tools import bench
+
+    return bench.run_isolated([sys.executable, __file__, "--worker", json.dumps(spec)])
 
 
 def main() -> None:

@@ -286,3 +286,19 @@ def test_a_checkpoint_of_an_unknown_task_is_a_clear_error(tmp_path, capsys):
     torch.save({"task": "detect", "model": {}, "config": {}}, tmp_path / "best.pt")
     assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 1
     assert f"error: unknown task 'detect'; expected one of {list(TASKS)}" in capsys.readouterr().err
+
+
+def test_backbone_lr_scale_leaves_heads_at_full_lr():
+    """backbone_lr_scale multiplies every Swin parameter but its classifier head (the official Video Swin and
+    dense-prediction fine-tuning recipes' backbone lr x 0.1); heads outside the Swin keep the full lr."""
+    video = swinkit.create_video_model("video_swin_t", embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3)
+    names = {id(p): n for n, p in video.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in train_mod.param_groups(video, 1.0, 0.05, 1.0, 0.1) for p in g["params"]}
+    assert {n for n, lr in lrs.items() if lr == 1.0} == {"head.fc.weight", "head.fc.bias"}
+    assert all(lr == pytest.approx(0.1) for n, lr in lrs.items() if not n.startswith("head."))
+    swin = swinkit.create_model("swin_t", embed_dim=16, depths=(2, 1), num_heads=(1, 2), num_classes=0)
+    wrapped = Wrapped(swin)
+    names = {id(p): n for n, p in wrapped.named_parameters()}
+    lrs = {names[id(p)]: g["lr"] for g in train_mod.param_groups(wrapped, 1.0, 0.05, 0.5, 0.1) for p in g["params"]}
+    assert lrs["decode_head.0.weight"] == 1.0 and lrs["backbone.norm.weight"] == pytest.approx(0.1)
+    assert lrs["backbone.patch_embed.proj.weight"] == pytest.approx(0.1 * 0.5 ** 4)  # times layer decay

@@ -5,7 +5,7 @@ import dataclasses
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
 # the fields that make a variant what it is (a config keeps its variant's name while they match)
@@ -13,25 +13,28 @@ IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", 
                    "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans")
 WINDOW_MODES = ("clamp", "pad")
 INFERENCE_PATHS = ("auto", "windows", "plain")
+CLAMPED_BIAS = ("offsets", "prefix")
 
 
-def _pair(v) -> tuple[int, int]:
+def _pair(v, nd: int = 2) -> tuple[int, ...]:
+    """int | nd ints -> nd ints: (h, w), or (t, h, w) for nd=3."""
     if isinstance(v, int):
-        return (v, v)
+        return (v,) * nd
     v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or an (h, w) pair, got {v!r}")
+    if len(v) != nd:
+        raise ValueError(f"expected an int or {'an (h, w) pair' if nd == 2 else 'a (t, h, w) triple'}, got {v!r}")
     return v
 
 
-def _per_stage(v, n: int, what: str) -> tuple[tuple[int, int], ...]:
-    """int | (h, w) | [one int or (h, w) per stage] -> n (h, w) pairs. Two ints always mean (h, w)."""
-    if isinstance(v, int) or (len(v) == 2 and all(isinstance(x, int) for x in v)):
-        return (_pair(v),) * n
+def _per_stage(v, n: int, what: str, nd: int = 2) -> tuple[tuple[int, ...], ...]:
+    """int | nd ints | [one int or nd ints per stage] -> n tuples of nd ints. nd ints always mean one size
+    ((h, w) or (t, h, w)), never one int per stage."""
+    if isinstance(v, int) or (len(v) == nd and all(isinstance(x, int) for x in v)):
+        return (_pair(v, nd),) * n
     v = list(v)
     if len(v) != n:
         raise ValueError(f"{what}: expected one entry per stage ({n}), got {len(v)}: {v!r}")
-    return tuple(_pair(x) for x in v)
+    return tuple(_pair(x, nd) for x in v)
 
 
 @dataclass
@@ -62,13 +65,19 @@ class SwinConfig:
     # pad: every block pads to a window multiple and keeps its shift, padded zeros attended (official detection /
     # segmentation code, mmseg, transformers' backbones)
     window_mode: str = "clamp"
+    mask_padding: bool = True  # clamp mode: False attends padded tokens as zeros (official Video Swin, swin3d)
+    # a clamped window's position bias: "offsets" takes the table entries of its own offsets; "prefix" the first
+    # N rows / columns of the full window's index, as the official Video Swin and torchvision's swin3d do
+    clamped_bias: str = "offsets"
     # eval without grad: windows = whole blocks on chunks of windows, plain = one pass per block like training;
     # auto = windows on CPU for blocks of >= WINDOWS_MIN_TOKENS tokens, plain elsewhere. Training, torch.compile,
     # tracing and export always take the plain path.
     inference_path: str = "auto"
 
+    ndim: ClassVar[int] = 2  # axes of the input and of every window: 2 (H, W) here, 3 (T, H, W) for video
+
     def __post_init__(self):
-        self.img_size = _pair(self.img_size)
+        self.img_size = _pair(self.img_size, self.ndim)
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)
         n = len(self.depths)
@@ -76,14 +85,17 @@ class SwinConfig:
             raise ValueError(
                 f"depths and num_heads need one entry per stage and equal length, "
                 f"got depths={self.depths} num_heads={self.num_heads}")
-        self.window_size = _per_stage(self.window_size, n, "window_size")
-        self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes")
+        self.window_size = _per_stage(self.window_size, n, "window_size", self.ndim)
+        self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes",
+                                                  self.ndim)
         if self.version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, got {self.version}")
         if self.window_mode not in WINDOW_MODES:
             raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {self.window_mode!r}")
         if self.inference_path not in INFERENCE_PATHS:
             raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {self.inference_path!r}")
+        if self.clamped_bias not in CLAMPED_BIAS:
+            raise ValueError(f"clamped_bias must be one of {CLAMPED_BIAS}, got {self.clamped_bias!r}")
         if self.pos_embed not in POS_EMBED_CHOICES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
         for i, (d, h) in enumerate(zip(self.depths, self.num_heads)):
@@ -92,7 +104,7 @@ class SwinConfig:
                 raise ValueError(
                     f"stage {i}: width embed_dim*2**{i}={dim} must be divisible by num_heads[{i}]={h} "
                     f"and depth must be >= 1 (got depth {d})")
-        if min(min(w) for w in self.window_size) < 1 or self.patch_size < 1 or self.in_chans < 1:
+        if min(min(w) for w in self.window_size) < 1 or min(self.patch) < 1 or self.in_chans < 1:
             raise ValueError("window_size, patch_size and in_chans must be >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
@@ -111,6 +123,11 @@ class SwinConfig:
         return (f"custom Swin V{self.version}: patch {self.patch_size}, window {window}, C {self.embed_dim}, depths "
                 f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}"
                 + (f", {size}" if with_size else ""))
+
+    @property
+    def patch(self) -> tuple[int, ...]:
+        """patch_size as one int per axis."""
+        return _pair(self.patch_size, self.ndim)
 
     @property
     def num_features(self) -> int:
@@ -383,3 +400,86 @@ UNET_VARIANTS: dict[str, dict] = {
                                        img_size=224, num_classes=9, drop_path_rate=0.2),
                            paper_params_m=None, paper_gmacs=None),
 }
+
+
+# ==========================================================================================================
+# Video Swin (Liu et al., CVPR 2022): the same blocks on (T, H, W) with 3-D windows
+
+
+@dataclass
+class VideoSwinConfig(SwinConfig):
+    """A Video Swin Transformer: SwinConfig with every size (input, patch, windows) as (t, h, w). Patch merging is
+    spatial only; the head (global average pool over T, H, W + linear) drops out head_drop_rate first, as the
+    official I3D head. img_size is the (T, H, W) of one view (FLOPs); any clip size runs."""
+
+    ndim: ClassVar[int] = 3
+    img_size: Any = (32, 224, 224)
+    patch_size: Any = (2, 4, 4)
+    window_size: Any = (8, 7, 7)
+    num_classes: int = 400
+    head_drop_rate: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.patch_size = self.patch
+        if self.version != 1 or self.pos_embed not in ("relative", "none"):
+            raise ValueError(f"Video Swin supports version 1 with pos_embed 'relative' or 'none', got version "
+                             f"{self.version}, pos_embed {self.pos_embed!r}")
+
+    @property
+    def clip_size(self) -> tuple[int, int, int]:
+        return self.img_size
+
+    def describe(self, with_size: bool = True) -> str:
+        size = "x".join(map(str, self.img_size))
+        if self.name in VIDEO_VARIANTS:
+            ref = VideoSwinConfig.from_name(self.name)
+            if all(getattr(self, f) == getattr(ref, f) for f in IDENTITY_FIELDS):
+                return self.name if self.img_size == ref.img_size or not with_size else f"{self.name} at {size}"
+        window = "-".join("x".join(map(str, w)) for w in dict.fromkeys(self.window_size))
+        return (f"custom Video Swin: patch {'x'.join(map(str, self.patch))}, window {window}, C {self.embed_dim}, "
+                f"depths {'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}"
+                + (f", {size}" if with_size else ""))
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "VideoSwinConfig":
+        if name not in VIDEO_VARIANTS:
+            raise ValueError(f"unknown video model {name!r}; choose one of swinkit.list_video_models(): "
+                             f"{list_video_models()}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(overrides) - set(valid)
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {valid}")
+        return cls(**{**VIDEO_VARIANTS[name]["config"], "name": name,
+                      **{k: v for k, v in overrides.items() if v is not None}})
+
+    @staticmethod
+    def is_video_dict(d: dict) -> bool:
+        """Whether a config dict (config.json, a checkpoint's "config") describes a video model."""
+        patch = d.get("patch_size")
+        return isinstance(patch, (list, tuple)) and len(patch) == 3
+
+
+def _video(c, depths, window=(8, 7, 7), classes=400, params=None, gmacs=None, **kw):
+    """A VIDEO_VARIANTS entry: heads C/32 x {1, 2, 4, 8}, with the published params (M) and FLOPs (GMACs, one
+    32x224x224 view)."""
+    cfg = dict(embed_dim=c, depths=depths, num_heads=tuple(c // 32 * 2**i for i in range(4)), window_size=window,
+               num_classes=classes, **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs)
+
+
+# name -> config: the official Video-Swin-Transformer configs (patch 2x4x4, window 8x7x7 on Kinetics, 16x7x7 on
+# Something-Something v2) with the figures of its README (K400 rows; SSv2: Swin-B). torchvision's swin3d_t / s / b
+# are video_swin_t / s / b.
+VIDEO_VARIANTS: dict[str, dict] = {
+    "video_swin_t": _video(96, _T, params=28.2, gmacs=87.9, **_DP(0.1)),
+    "video_swin_s": _video(96, _L, params=49.8, gmacs=165.9, **_DP(0.2)),
+    "video_swin_b": _video(128, _L, params=88.0, gmacs=281.6, **_DP(0.3)),
+    "video_swin_l": _video(192, _L, **_DP(0.2)),
+    "video_swin_b_k600": _video(128, _L, classes=600, params=88.0, gmacs=281.6, **_DP(0.2)),
+    "video_swin_b_ssv2": _video(128, _L, window=(16, 7, 7), classes=174, params=89.0, gmacs=321.0, **_DP(0.4)),
+}
+
+
+def list_video_models() -> list[str]:
+    return list(VIDEO_VARIANTS)

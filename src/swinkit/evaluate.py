@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         ck = Path(args.checkpoint)
         args.confusion = args.confusion or (ck if ck.is_dir() else ck.parent) / "confusion_matrix.png"
         result, text = loaded.task.run_eval(loaded, args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result) if args.json else text)

@@ -6,11 +6,13 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import VARIANTS, SegmentationConfig, SwinConfig
-from .io.checkpoint import _check_overrides, load_backbone_weights, load_into_named, read_backbone
+from .config import VARIANTS, SegmentationConfig, SwinConfig, VideoSwinConfig
+from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_named, load_video_into_named,
+                            read_backbone)
 from .models.backbone import SwinBackbone
 from .models.segmentation import SegmentationModel
 from .models.swin import SwinTransformer
+from .models.video import VideoSwinTransformer
 
 
 def create_model(name: str, pretrained: bool | str = False, checkpoint: str | None = None,
@@ -58,3 +60,20 @@ def create_segmentation_model(name: str, num_classes: int | None = None,
     load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
     return model
 
+
+
+def create_video_model(name: str, pretrained: bool | str = False, checkpoint: str | Path | None = None,
+                       inflate: str = "average", num_classes: int | None = None, **overrides) -> VideoSwinTransformer:
+    """A named Video Swin variant (swinkit.list_video_models(): video_swin_t, ...); keyword overrides are
+    VideoSwinConfig fields (drop_path_rate=0.2, window_size=(16, 7, 7)).
+
+    `checkpoint=PATH`: a video checkpoint (official / mmaction2, torchvision, swinkit; its head is kept unless
+    `num_classes` differs, then it is freshly initialised with a warning), or any 2-D Swin V1 checkpoint
+    load_model reads, inflated as the official Video Swin does (`inflate`: "average" repeats the patch filters
+    over time divided by its length, "center" puts them in the centre frame; a warning lists the new tensors).
+    `pretrained=True`: torchvision's Kinetics-400 weights of video_swin_t / s / b (or a URL). A model with weights
+    is returned in eval mode."""
+    if checkpoint is not None or pretrained:
+        return load_video_into_named(name, checkpoint=checkpoint, pretrained=pretrained, inflate=inflate,
+                                     num_classes=num_classes, **overrides)
+    return VideoSwinTransformer(VideoSwinConfig.from_name(name, num_classes=num_classes, **overrides))

@@ -1,5 +1,5 @@
-"""`swinkit predict`: a trained checkpoint's predictions for image files (class probabilities for a classifier,
-colour masks for a segmenter: whatever the checkpoint's task writes)."""
+"""`swinkit predict`: a trained checkpoint's predictions for image files or clips (class probabilities for a
+classifier or a video model, colour masks for a segmenter: whatever the checkpoint's task writes)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
     task = task_of(path) if path else get_task(DEFAULT_TASK)
     parser.add_argument("--checkpoint", required=True, help="run directory (uses its best.pt) or checkpoint file; "
                                                             "its task decides the other flags")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("images", nargs="+", metavar="INPUT", help="image files (video task: video files or frame "
+                                                                   "folders)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="one JSON line per image")
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_trained(args.checkpoint)
         return loaded.task.run_predict(loaded, args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -156,17 +156,22 @@ def no_weight_decay(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
+                 backbone_lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: weight decay except on `no_weight_decay(model)`; lr scaled by layer_decay ** (top - layer),
-    the layer found relative to the Swin that holds the parameter (parameters outside any Swin are top)."""
+    the layer found relative to the Swin that holds the parameter (parameters outside any Swin are top), and by
+    backbone_lr_scale inside a Swin but outside its classifier head."""
     backbones = swins(model)
     top = max((sum(s.cfg.depths) + 1 for _, s in backbones), default=0)
     skip_decay, groups = no_weight_decay(model), {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        layer = next((layer_id(name[len(pre):], s.cfg.depths) for pre, s in backbones if name.startswith(pre)), top)
-        scale = layer_decay ** (top - layer)
+        pre = next((pre for pre, _ in backbones if name.startswith(pre)), None)
+        swin = dict(backbones).get(pre)
+        layer = top if swin is None else layer_id(name[len(pre):], swin.cfg.depths)
+        in_backbone = swin is not None and not name[len(pre):].startswith("head.")
+        scale = layer_decay ** (top - layer) * (backbone_lr_scale if in_backbone else 1.0)
         skip = name in skip_decay
         group = groups.setdefault((scale, skip), {"params": [], "lr": lr * scale, "lr_scale": scale,
                                                   "weight_decay": 0.0 if skip else weight_decay})
@@ -324,7 +329,7 @@ class Trainer:
         o = s.optim
         scale = s.loader.batch_size * o.accum_steps * self.world / o.lr_base_size
         self.lrs = {"lr": o.lr * scale, "warmup_lr": s.schedule.warmup_lr * scale, "min_lr": s.schedule.min_lr * scale}
-        groups = param_groups(model, self.lrs["lr"], o.weight_decay, o.layer_decay)
+        groups = param_groups(model, self.lrs["lr"], o.weight_decay, o.layer_decay, o.backbone_lr_scale)
         self.opt = torch.optim.AdamW(groups, lr=self.lrs["lr"], betas=(0.9, 0.999))
         total = s.schedule.epochs * self.updates_per_epoch
         warmup = min(round(s.schedule.warmup_epochs * self.updates_per_epoch), total)
@@ -683,7 +688,7 @@ def _train(settings: TrainSettings) -> tuple[Trainer, dict]:
 def run(args: argparse.Namespace) -> int:
     try:
         trainer, summary = _train(resolve_settings(args))
-    except (TrainingError, FileNotFoundError, ValueError) as e:
+    except (TrainingError, FileNotFoundError, ValueError, ImportError) as e:  # ImportError: an optional extra
         print(f"error: {e}", file=sys.stderr)
         return 1
     if trainer.main:

@@ -25,14 +25,17 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from ..config import ALIASES, VARIANTS, SegmentationConfig, SwinConfig
+from ..config import ALIASES, VARIANTS, SegmentationConfig, SwinConfig, VideoSwinConfig
 from .convert import (FORMATS, SEG_BACKBONES, STRUCTURE, detect_format, effective_windows, from_swinkit,
                       infer_config, infer_segmentation_config, is_segmentation_state_dict, segmentation_from_swinkit,
                       segmentation_to_swinkit, to_swinkit)
 from .convert_unet import is_unet, load_unet
+from .convert_video import (VIDEO_FORMATS, infer_video_config, inflate_state_dict, is_video_state_dict,
+                            video_from_swinkit, video_to_swinkit)
 from ..models.backbone import SwinBackbone
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
+from ..models.video import VideoSwinTransformer
 
 
 class CheckpointError(ValueError):
@@ -221,7 +224,11 @@ class Checkpoint:
     ignored: list[str]  # keys of a larger model (detector heads) that were dropped
 
     def describe(self) -> str:
-        return f"{self.path} ({self.format}, Swin V{self.config.version})"
+        return f"{self.path} ({self.format}, {_kind(self.config)})"
+
+
+def _kind(cfg: SwinConfig) -> str:
+    return "Video Swin" if isinstance(cfg, VideoSwinConfig) else f"Swin V{cfg.version}"
 
 
 @dataclass
@@ -304,12 +311,13 @@ def _resize_table(table: torch.Tensor, src: tuple, dst: tuple) -> torch.Tensor:
 
 
 def _adapt_in_chans(w: torch.Tensor, chans: int) -> torch.Tensor:
-    """Patch-embedding filters (D, c, p, p) for another number of input channels: summed for one channel (a
-    gray image then gives what its RGB copy gave), otherwise repeated cyclically and scaled by c/chans (timm's
-    convention, keeping the activation scale)."""
+    """Patch-embedding filters (D, c, p, p) or (D, c, t, p, p) for another number of input channels: summed for
+    one channel (a gray image then gives what its RGB copy gave), otherwise repeated cyclically and scaled by
+    c/chans (timm's convention, keeping the activation scale)."""
     if chans == 1:
         return w.sum(1, keepdim=True)
-    return w.repeat(1, math.ceil(chans / w.shape[1]), 1, 1)[:, :chans] * (w.shape[1] / chans)
+    reps = (1, math.ceil(chans / w.shape[1])) + (1,) * (w.ndim - 2)
+    return w.repeat(*reps)[:, :chans] * (w.shape[1] / chans)
 
 
 def _class_map(class_map) -> list[int]:
@@ -348,10 +356,11 @@ def _fit(ckpt: Checkpoint, cfg: SwinConfig, class_map) -> tuple[dict, bool]:
         i = int(k.split(".")[1]) if k.startswith("layers.") else None
         if k.endswith("relative_position_bias_table") and src.window_size[i] != cfg.window_size[i]:
             sd[k] = _resize_table(v, src.window_size[i], cfg.window_size[i])
-    grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
-    if "absolute_pos_embed" in sd and list(sd["absolute_pos_embed"].shape[-2:]) != grid:
-        sd["absolute_pos_embed"] = F.interpolate(sd["absolute_pos_embed"], size=grid, mode="bicubic",
-                                                 align_corners=False)
+    if "absolute_pos_embed" in sd:
+        grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
+        if list(sd["absolute_pos_embed"].shape[-2:]) != grid:
+            sd["absolute_pos_embed"] = F.interpolate(sd["absolute_pos_embed"], size=grid, mode="bicubic",
+                                                     align_corners=False)
     return sd, head_out
 
 
@@ -364,10 +373,12 @@ def _check_shapes(ckpt, sd: dict, own: dict) -> None:
 
 
 def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_map=None) -> SwinTransformer:
-    """A model of `cfg` holding the checkpoint's weights (transferred where they differ), in eval mode."""
+    """A model of `cfg` (a VideoSwinTransformer for a VideoSwinConfig) holding the checkpoint's weights
+    (transferred where they differ), in eval mode."""
     sd, head_out = _fit(ckpt, cfg, class_map)
+    model_cls = VideoSwinTransformer if isinstance(cfg, VideoSwinConfig) else SwinTransformer
     with torch.device("meta"):  # shapes only: initialising weights the checkpoint replaces is wasted work
-        model = SwinTransformer(cfg)
+        model = model_cls(cfg)
     own = model.state_dict()
     _check_shapes(ckpt, sd, own)
     missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
@@ -378,7 +389,7 @@ def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_ma
             raise CheckpointError(msg + " (load with strict=False to accept this)")
         warnings.warn(msg, stacklevel=3)
     if missing:  # some weights start from their initialisation
-        model = SwinTransformer(cfg)
+        model = model_cls(cfg)
         model.load_state_dict(sd, strict=False)
     else:
         model.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()}, assign=True)
@@ -390,8 +401,8 @@ def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_ma
     return model.eval()
 
 
-def _check_overrides(overrides: dict) -> dict:
-    fields = {f.name for f in dataclasses.fields(SwinConfig)}
+def _check_overrides(overrides: dict, cls: type = SwinConfig) -> dict:
+    fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(overrides) - fields
     if unknown:
         raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {sorted(fields)}")
@@ -407,7 +418,7 @@ def _warn_guesses(ckpt: Checkpoint, overrides: dict) -> None:
 
 
 def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=None,
-               **overrides) -> SwinTransformer | SegmentationModel:
+               **overrides) -> SwinTransformer | VideoSwinTransformer | SegmentationModel:
     """Load any supported checkpoint (official, timm, torchvision, Hugging Face directory, mmdet backbone,
     swinkit) with its format detected and config inferred; keyword overrides are SwinConfig fields and
     transfer the weights (window/resolution, num_classes, in_chans). `class_map`: class indices (or a file of
@@ -415,8 +426,15 @@ def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=No
 
     A segmentation checkpoint (swinkit, official Swin-Transformer-Semantic-Segmentation, mmseg, transformers'
     UperNet) gives a SegmentationModel (see load_segmentation_model for its overrides), a Swin-UNet one (official
-    or swinkit) a SwinUNet (see io.convert_unet.load_unet)."""
+    or swinkit) a SwinUNet (see io.convert_unet.load_unet), a Video Swin one (official / mmaction2, torchvision's
+    swin3d, swinkit) a VideoSwinTransformer (overrides: VideoSwinConfig fields that keep the tensors' shapes)."""
     raw = read_raw(path, use_ema)
+    if is_video_state_dict(raw.state_dict):
+        overrides = _check_overrides(overrides, VideoSwinConfig)
+        if class_map is not None:
+            overrides.setdefault("num_classes", len(_class_map(class_map)))
+        ckpt = read_video_checkpoint(path, strict=strict, raw=raw)
+        return build_model(ckpt, _video_target_config(ckpt.config, overrides), strict, class_map)
     if is_unet(raw.state_dict):
         if class_map is not None:
             raise CheckpointError(f"{path} is a Swin-UNet checkpoint: class_map selects classifier rows of "
@@ -451,6 +469,95 @@ def load_into_named(name: str, checkpoint=None, pretrained: bool | str = False, 
     hints = {k: _uniform(base.to_dict()[k]) for k in ("window_size", "img_size")}
     ckpt = read_checkpoint(checkpoint, use_ema=use_ema, strict=strict, known=hints)
     return build_model(ckpt, _target_config(ckpt.config, overrides, base), strict, class_map)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# video checkpoints, and 2-D checkpoints inflated into video models
+
+
+VIDEO_ARCHITECTURE = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "qkv_bias",
+                      "pos_embed")  # what a video checkpoint's tensors fix (its bias tables are not resized)
+
+
+def read_video_checkpoint(path, use_ema: bool = False, strict: bool = True,
+                          raw: RawCheckpoint | None = None) -> Checkpoint:
+    """Read a Video Swin checkpoint (official / mmaction2, torchvision, swinkit) into swinkit's layout, with the
+    config saved beside a swinkit file or else inferred from the weights."""
+    raw = raw or read_raw(path, use_ema)
+    side, class_names, ours = _side_info(raw.weights, raw.obj, raw.meta)
+    ours = ours and VideoSwinConfig.is_video_dict(side)
+    try:
+        imp = video_to_swinkit(raw.state_dict, strict=strict)
+        cfg, guessed = ((VideoSwinConfig.from_dict(side), []) if ours else
+                        infer_video_config(imp.state_dict, imp.buffers, imp.format))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
+    return Checkpoint(raw.path, "swinkit" if ours else imp.format, imp.state_dict, cfg, guessed,
+                      class_names if ours else None, imp.unknown, [])
+
+
+def _video_target_config(src: VideoSwinConfig, overrides: dict, base: VideoSwinConfig | None = None
+                         ) -> VideoSwinConfig:
+    """The video model to build: `base` (a named variant) or the checkpoint's config, with `overrides`. With a
+    base, the checkpoint decides the head, input channels and how padding and clamped windows are handled
+    (mask_padding, clamped_bias) unless asked otherwise."""
+    d = (base or src).to_dict()
+    if base is not None:
+        d.update({k: getattr(src, k) for k in ("num_classes", "in_chans", "mask_padding", "clamped_bias")})
+    cfg = VideoSwinConfig.from_dict({**d, **overrides})
+    wrong = [k for k in VIDEO_ARCHITECTURE if getattr(cfg, k) != getattr(src, k)]
+    if wrong:
+        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
+        todo = ("load it without a model name, with swinkit.load_model(path), or pick a matching variant"
+                if base is not None else "these fields fix the shapes of its tensors: keep the checkpoint's")
+        raise CheckpointError(f"the video checkpoint is a different architecture: {diff}; {todo}")
+    return cfg
+
+
+def inflate_checkpoint(path, cfg: VideoSwinConfig, inflate: str = "average",
+                       raw: RawCheckpoint | None = None) -> VideoSwinTransformer:
+    """A VideoSwinTransformer of `cfg` from any 2-D Swin V1 classifier or backbone checkpoint load_model reads,
+    inflated as the official Video Swin does (see io.convert_video.inflate_state_dict; inflate="center" puts the
+    2-D patch filters in the centre frame). One warning lists the tensors that start from their initialisation
+    (the head). Returns the model in eval mode."""
+    raw = raw or read_raw(path)
+    if is_unet(raw.state_dict) or is_segmentation_state_dict(raw.state_dict):
+        raise CheckpointError(f"{path} is a segmentation checkpoint: inflate a classification or backbone "
+                              "checkpoint of Swin V1 into a video model")
+    ckpt = read_checkpoint(path, raw=raw)
+    try:
+        sd, dropped = inflate_state_dict(ckpt.state_dict, ckpt.config, cfg, inflate)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.describe()}: {e}") from None
+    model = VideoSwinTransformer(cfg)
+    own = model.state_dict()
+    _check_shapes(ckpt, sd, own)
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CheckpointError(f"{ckpt.describe()}: tensors with no place in the video model: {unexpected[:12]}")
+    model.load_state_dict(sd, strict=False)
+    new = [k for k in own if k not in sd]
+    if new:
+        warnings.warn(f"inflated {ckpt.describe()} into {cfg.describe()} ({inflate}); new, freshly initialised "
+                      f"tensors (train them before use): {', '.join(new)}"
+                      + (f"; dropped from the 2-D model: {', '.join(dropped)}" if dropped else ""), stacklevel=3)
+    return model.eval()
+
+
+def load_video_into_named(name: str, checkpoint=None, pretrained: bool | str = False, inflate: str = "average",
+                          **overrides) -> VideoSwinTransformer:
+    """create_video_model(name, checkpoint=... | pretrained=True): the named video variant with the weights of a
+    video checkpoint (torchvision's Kinetics-400 release for pretrained=True, or the URL given as
+    pretrained='https://...'), or of a 2-D one, inflated."""
+    base = VideoSwinConfig.from_name(name, **overrides)
+    overrides = _check_overrides(overrides, VideoSwinConfig)
+    if checkpoint is None:
+        checkpoint = download_pretrained(name, pretrained if isinstance(pretrained, str) else None)
+    raw = read_raw(checkpoint)
+    if not is_video_state_dict(raw.state_dict):
+        return inflate_checkpoint(checkpoint, base, inflate, raw)
+    ckpt = read_video_checkpoint(checkpoint, raw=raw)
+    return build_model(ckpt, _video_target_config(ckpt.config, overrides, base))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -529,11 +636,16 @@ def _hf_config(cfg: SwinConfig, class_names: list[str] | None) -> dict:
 
 def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", class_names=None) -> Path:
     """Write a swinkit state dict as format `fmt`: hf -> a directory (config.json + model.safetensors);
-    others -> `path` as .pth/.pt/.bin (torch.save; official wrapped in {"model": ...}) or safetensors."""
+    others -> `path` as .pth/.pt/.bin (torch.save; official wrapped in {"model": ...}) or safetensors. A video
+    model (VideoSwinConfig) converts to official / mmaction2 ({"state_dict": {"backbone.*", "cls_head.*"}}) or
+    torchvision (swin3d's state dict)."""
     path = Path(path)
     if fmt == "swinkit":
         save_state_dict(sd, cfg, path, class_names)
         return path
+    if isinstance(cfg, VideoSwinConfig):
+        out = video_from_swinkit(sd, fmt, cfg)
+        return _write_converted(out, path, None, lambda sd: sd if fmt == "torchvision" else {"state_dict": sd})
     out = from_swinkit(sd, fmt, cfg)
     hf = _hf_config(cfg, class_names) if fmt == "hf" else None
     return _write_converted(out, path, hf, lambda sd: {"model": sd} if fmt == "official" else sd)
@@ -577,6 +689,14 @@ PRETRAINED = {
     **{f"swinv2_{s}_window12to{w}_192to{r}": (_GH + f"v2.0.0/swinv2_{s}_patch4_window12to{w}_192to{r}_22kto1k_ft.pth",
                                               None) for s in ("base", "large") for w, r in ((16, 256), (24, 384))},
 }
+_PT = "https://download.pytorch.org/models/"
+# video name -> (URL, checksum): torchvision's Kinetics-400 ports of the official Video Swin weights (swin3d_t / s /
+# b; B pre-trained on ImageNet-1k). torch.hub names its files after the first digits of their sha256, checked here.
+VIDEO_PRETRAINED = {
+    "video_swin_t": (_PT + "swin3d_t-7615ae03.pth", "sha256:7615ae03"),
+    "video_swin_s": (_PT + "swin3d_s-da41c237.pth", "sha256:da41c237"),
+    "video_swin_b": (_PT + "swin3d_b_1k-24f7c7c6.pth", "sha256:24f7c7c6"),
+}
 
 
 def _digest(path: Path, algo: str) -> str:
@@ -591,21 +711,23 @@ def download_pretrained(name: str, url: str | None = None) -> Path:
     """The official weights of variant `name` (or `url`), downloaded once through torch.hub into its cache
     (torch.hub.get_dir()/checkpoints) and checked against the known checksum."""
     name = ALIASES.get(name, name)
+    releases = {**PRETRAINED, **VIDEO_PRETRAINED}
     checksum = None
     if url is None:
-        if name not in PRETRAINED:
-            raise CheckpointError(f"no public weights for {name!r}; variants with weights: {', '.join(PRETRAINED)}")
-        url, checksum = PRETRAINED[name]
+        if name not in releases:
+            raise CheckpointError(f"no public weights for {name!r}; variants with weights: {', '.join(releases)}")
+        url, checksum = releases[name]
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    maker = "create_video_model" if name in VIDEO_PRETRAINED else "create_model"
     try:
         torch.hub.download_url_to_file(url, str(path), progress=sys.stderr.isatty())
     except OSError as e:  # URLError, HTTPError, connection refused, no DNS
         raise CheckpointError(
             f"could not download the {name} weights from {url} ({getattr(e, 'reason', e)}). Without network "
-            f"access, fetch the file elsewhere and pass it: swinkit.create_model({name!r}, "
+            f"access, fetch the file elsewhere and pass it: swinkit.{maker}({name!r}, "
             f"checkpoint='path/to/{path.name}') - or copy it to {path}") from None
     _verify(path, checksum, url)
     return path
@@ -618,7 +740,7 @@ def _verify(path: Path, checksum: str | None, url: str) -> None:
         return
     algo, expected = checksum.split(":")
     got = _digest(path, algo)
-    if got != expected:
+    if not got.startswith(expected):  # a prefix: the first digits, as torch.hub's file names give them
         path.unlink()
         raise CheckpointError(f"checksum mismatch for {url}: expected {algo} {expected}, got {got}; the download was "
                               "deleted. Try again, or download the file yourself and pass checkpoint=PATH.")
@@ -635,8 +757,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("src", help="checkpoint file or Hugging Face / timm directory")
         parser.add_argument("dst", help="output file (.safetensors by default; .pth/.pt/.bin for torch.save) or, "
                                         "for --to hf, a directory")
-        parser.add_argument("--to", default="swinkit", choices=list(dict.fromkeys([*FORMATS, *SEG_BACKBONES])),
-                            help="output format (default: swinkit); segmentation models: swinkit, official, mmseg, hf")
+        parser.add_argument("--to", default="swinkit",
+                            choices=list(dict.fromkeys([*FORMATS, *SEG_BACKBONES, *VIDEO_FORMATS])),
+                            help="output format (default: swinkit); segmentation models: swinkit, official, mmseg, "
+                                 "hf; video models: swinkit, official, mmaction2, torchvision")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     parser.add_argument("--window-size", type=int, help="window size, where the checkpoint does not record it")
     parser.add_argument("--img-size", type=int, help="image size, where the checkpoint does not record it")
@@ -645,11 +769,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def _inspect(ckpt: Checkpoint) -> str:
     cfg = ckpt.config
     params = sum(v.numel() for v in ckpt.state_dict.values())
-    lines = [f"file:     {ckpt.path}", f"format:   {ckpt.format} (Swin V{cfg.version})",
+    lines = [f"file:     {ckpt.path}", f"format:   {ckpt.format} ({_kind(cfg)})",
              f"params:   {params:,}", "config:"]
+    video = ("mask_padding", "clamped_bias") if isinstance(cfg, VideoSwinConfig) else ()
     lines += [f"  {k}: {v}" for k, v in cfg.to_dict().items() if k in ("name", "version", "img_size", "patch_size",
               "in_chans", "num_classes", "embed_dim", "depths", "num_heads", "window_size", "pretrained_window_sizes",
-              "mlp_ratio", "qkv_bias", "pos_embed")]
+              "mlp_ratio", "qkv_bias", "pos_embed", *video)]
     if ckpt.guessed:
         lines.append(f"guessed:  {', '.join(ckpt.guessed)} (not recorded in the checkpoint)")
     if ckpt.class_names:
@@ -669,23 +794,28 @@ def run(args) -> int:
             raw = read_raw(src, args.ema)
             if is_segmentation_state_dict(raw.state_dict):
                 return _run_segmentation(args, read_segmentation_checkpoint(src, strict=strict, raw=raw))
-            ckpt = read_checkpoint(src, use_ema=args.ema, strict=strict, known=hints, raw=raw)
-        if args.command == "convert" and args.to not in FORMATS:
-            raise CheckpointError(f"--to {args.to} is a segmentation format and {src} holds no segmentation model; "
-                                  f"choose one of {', '.join(FORMATS)}")
+            video = is_video_state_dict(raw.state_dict)
+            ckpt = (read_video_checkpoint(src, strict=strict, raw=raw) if video else
+                    read_checkpoint(src, use_ema=args.ema, strict=strict, known=hints, raw=raw))
+        if args.command == "convert" and video and args.to not in VIDEO_FORMATS:
+            raise CheckpointError(f"--to {args.to} has no Video Swin layout and {src} holds a Video Swin model; "
+                                  f"choose one of {', '.join(VIDEO_FORMATS)}")
+        if args.command == "convert" and not video and args.to not in FORMATS:
+            raise CheckpointError(f"--to {args.to} is a segmentation or video format and {src} holds a Swin image "
+                                  f"model; choose one of {', '.join(FORMATS)}")
         if args.command == "inspect":
             print(_inspect(ckpt))
             return 0
         guessed = [f for f in ckpt.guessed if f not in hints]
         if guessed:
             assumed = ", ".join(f"{f}={getattr(ckpt.config, f)}" for f in guessed)
-            print(f"note: {args.src} does not record {', '.join(guessed)}; assumed {assumed} "
-                  "(pass --window-size / --img-size if it differs)", file=sys.stderr)
+            hint = "" if video else " (pass --window-size / --img-size if it differs)"
+            print(f"note: {args.src} does not record {', '.join(guessed)}; assumed {assumed}{hint}", file=sys.stderr)
         out = write_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names)
     except (CheckpointError, ValueError) as e:
         print(f"swinkit {args.command}: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out} ({args.to}, Swin V{ckpt.config.version}, {ckpt.config.name})")
+    print(f"wrote {out} ({args.to}, {_kind(ckpt.config)}, {ckpt.config.name})")
     return 0
 
 

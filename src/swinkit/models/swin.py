@@ -37,8 +37,8 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, H, W, C) -> global average pool -> (B, num_classes), or (B, C) with pre_logits."""
-        x = self.drop(x.mean(dim=(1, 2)))
+        """(B, H, W, C) or (B, T, H, W, C) -> global average pool -> (B, num_classes), or (B, C) with pre_logits."""
+        x = self.drop(x.flatten(1, -2).mean(1))
         return x if pre_logits else self.fc(x)
 
 
@@ -156,7 +156,7 @@ class SwinTransformer(nn.Module):
         for i, layer in enumerate(self.layers[:max(wanted) + 1]):
             x = layer(x)
             if i in wanted:
-                outs[i] = x.permute(0, 3, 1, 2).contiguous()
+                outs[i] = x.movedim(-1, 1).contiguous()  # NCHW (NCTHW for video)
         return [outs[i % n] for i in out_indices]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -11,6 +11,12 @@ from ..config import SwinConfig
 from .windows import Pair, log_spaced_coords, relative_position_index
 
 
+# a bias + mask larger than this is rebuilt at each call instead of cached: 3-D windows make (nW, h, N, N) tensors of
+# ~30 MB per block (N = 8*7*7) that would hold hundreds of MB across a model, while rebuilding costs one elementwise
+# pass beside attention's two matmuls over the same (n, h, N, N)
+BIAS_CACHE_MAX_MB = 8
+
+
 def tracing() -> bool:
     """Whether forward is being compiled, exported or traced: then it runs the plain path, uncached."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -18,9 +24,9 @@ def tracing() -> bool:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a relative position bias.
 
-    V1: scaled dot product + learned bias table ((2M-1)^2, heads). V2: cosine similarity times a learned,
-    clamped per-head scale + continuous position bias (2-layer MLP on log-spaced offsets, 16*sigmoid);
-    q and v biases only.
+    V1: scaled dot product + learned bias table (prod(2M-1) over the axes, heads). V2: cosine similarity times a
+    learned, clamped per-head scale + continuous position bias (2-layer MLP on log-spaced offsets, 16*sigmoid);
+    q and v biases only. Windows have 2 axes (images) or 3 (video).
     """
 
     def __init__(self, dim: int, num_heads: int, window: Pair, cfg: SwinConfig, pretrained_window: Pair):
@@ -29,10 +35,11 @@ class WindowAttention(nn.Module):
         self.pretrained_window = tuple(pretrained_window)
         self.v2, self.fused = cfg.version == 2, cfg.fused_attn
         self.use_rel_pos = cfg.pos_embed in ("relative", "absolute+relative")
+        self.clamped_bias = cfg.clamped_bias
         self.scale = (dim // num_heads) ** -0.5
         if self.v2:
             self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
-            self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True),
+            self.cpb_mlp = nn.Sequential(nn.Linear(len(window), 512), nn.ReLU(inplace=True),
                                          nn.Linear(512, num_heads, bias=False))
             self.qkv = nn.Linear(dim, dim * 3, bias=False)
             self.q_bias = nn.Parameter(torch.zeros(dim)) if cfg.qkv_bias else None
@@ -40,7 +47,7 @@ class WindowAttention(nn.Module):
         else:
             self.qkv = nn.Linear(dim, dim * 3, bias=cfg.qkv_bias)
             if self.use_rel_pos:
-                table = torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), num_heads)
+                table = torch.zeros(math.prod(2 * w - 1 for w in window), num_heads)
                 self.relative_position_bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
         self.attn_drop = cfg.attn_drop_rate
         self.proj = nn.Linear(dim, dim)
@@ -50,26 +57,36 @@ class WindowAttention(nn.Module):
         self._bias_cache: dict = {}  # (win, id(mask), dtype) -> (mask, weight state, held weights, bias)
 
     def position_bias(self, win: Pair) -> torch.Tensor | None:
-        """(heads, N, N) relative position bias for a (possibly clamped) window `win`."""
+        """(heads, N, N) relative position bias for a (possibly clamped) window `win`. A clamped window takes the
+        table entries of its own offsets; clamped_bias="prefix" takes the first N rows and columns of the full
+        window's index instead, as the official Video Swin and torchvision's swin3d do."""
         if not self.use_rel_pos:
             return None
-        N = win[0] * win[1]
+        N = math.prod(win)
         if self.v2:  # device and dtype from a parameter that quantization leaves as it is
             ref = self.logit_scale
             coords = log_spaced_coords(win, self.pretrained_window, ref.device).to(ref.dtype)
-            table = self.cpb_mlp(coords)  # ((2w-1)^2, heads)
+            table = self.cpb_mlp(coords)  # (prod(2w-1), heads)
             index = relative_position_index(win, win, ref.device)
             return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))
         table = self.relative_position_bias_table
-        index = relative_position_index(win, self.window, table.device)
-        return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
+        if self.clamped_bias == "prefix":
+            index = relative_position_index(self.window, self.window, table.device)[:N, :N]
+        else:
+            index = relative_position_index(win, self.window, table.device)
+        return table[index.reshape(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
 
     def attention_bias(self, win: Pair, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         """Position bias plus mask: (nW, h, N, N) with an (nW, N, N) mask, (1, h, N, N) without, or None. The
         mask takes `dtype`, the attention's (a bfloat16 model takes a bfloat16 mask)."""
         bias = self.position_bias(win)  # (h, N, N) or None
+        return self.add_mask(None if bias is None else bias[None], mask, dtype)
+
+    @staticmethod
+    def add_mask(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """(1, h, N, N) position bias or None, plus an (n, N, N) mask or None -> (n, h, N, N), (1, h, N, N) or None."""
         if mask is None:
-            return None if bias is None else bias[None]
+            return bias
         mask = mask.to(dtype)[:, None]
         return mask if bias is None else bias + mask
 
@@ -80,7 +97,8 @@ class WindowAttention(nn.Module):
         device, dtype and version counter (so `.data =`, `.to()`, `load_state_dict` with or without `assign`,
         `copy_` and module replacement all recompute), and the entry holds the weights themselves, so that no
         other tensor can take their memory while it is cached. Training, autograd, compile and tracing never
-        cache; nor do weights made under inference_mode, which have no version counter."""
+        cache; nor do weights made under inference_mode, which have no version counter; nor does a bias of more than
+        BIAS_CACHE_MAX_MB."""
         if self.training or torch.is_grad_enabled() or tracing():
             return self.attention_bias(win, mask, dtype)
         weights = self._position_weights()
@@ -93,8 +111,11 @@ class WindowAttention(nn.Module):
         if hit is None or hit[0] is not mask or hit[1] != state:
             if len(self._bias_cache) >= 2:
                 self._bias_cache.clear()
+            bias = self.attention_bias(win, mask, dtype)
+            if bias is not None and bias.numel() * bias.element_size() > BIAS_CACHE_MAX_MB * 2**20:
+                return bias
             held = ([w.detach() for w in weights], modules)
-            hit = self._bias_cache[key] = (mask, state, held, self.attention_bias(win, mask, dtype))
+            hit = self._bias_cache[key] = (mask, state, held, bias)
         return hit[3]
 
     def _position_weights(self) -> list[torch.Tensor]:

@@ -1,13 +1,15 @@
 """Swin building blocks: DropPath, MLP, the (S)W-MSA block, patch embedding, merging and expanding."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import SwinConfig
-from .attention import WindowAttention, tracing
-from .windows import (Pair, attention_mask, mask_from_labels, needs_mask, pad, padded_size,
+from .attention import BIAS_CACHE_MAX_MB, WindowAttention, tracing
+from .windows import (Pair, attention_mask, mask_from_labels, needs_mask, pad, pad_to, padded_size,
                       window_and_shift, window_groups, window_labels, window_order)
 
 # CPU inference runs a whole block on this many tokens at a time (rounded down to windows): every intermediate
@@ -77,6 +79,7 @@ class SwinBlock(nn.Module):
         super().__init__()
         self.window, self.shift, self.v2 = tuple(window), shift, cfg.version == 2
         self.window_mode, self.inference_path = cfg.window_mode, cfg.inference_path
+        self._mask_padding = cfg.mask_padding
         self.chunk_mb = cfg.chunk_mb
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, window, cfg, pretrained_window)
@@ -90,16 +93,20 @@ class SwinBlock(nn.Module):
 
     @property
     def mask_padding(self) -> bool:
-        """clamp masks padded keys out; pad attends them as zeros, as the official dense-prediction code."""
-        return self.window_mode == "clamp"
+        """clamp masks padded keys out (unless cfg.mask_padding is False, as the official Video Swin); pad attends
+        them as zeros, as the official dense-prediction code."""
+        return self.window_mode == "clamp" and self._mask_padding
 
-    def window_and_shift(self, H: int, W: int) -> tuple[Pair, Pair]:
-        return window_and_shift((H, W), self.window, self.shift, self.window_mode)
+    def window_and_shift(self, *feat: int) -> tuple[Pair, Pair]:
+        """The window and shift on a map of size `feat` ((H, W) or (T, H, W))."""
+        return window_and_shift(feat, self.window, self.shift, self.window_mode)
 
-    def attention_mask(self, H: int, W: int, device: torch.device) -> torch.Tensor | None:
-        """The (nW, N, N) additive mask this block uses on an (H, W) map (from the shared cache)."""
-        win, shift = self.window_and_shift(H, W)
-        return attention_mask((H, W), win, shift, device, self.mask_padding)
+    def attention_mask(self, *feat_and_device) -> torch.Tensor | None:
+        """attention_mask(H, W, device) or (T, H, W, device): the (nW, N, N) additive mask this block uses on
+        that map (from the shared cache)."""
+        *feat, device = feat_and_device
+        win, shift = self.window_and_shift(*feat)
+        return attention_mask(tuple(feat), win, shift, device, self.mask_padding)
 
     def inference_path_for(self, x: torch.Tensor) -> str:
         """The path forward takes for x: "plain" in training, with autograd, for `viz attention`, under
@@ -116,17 +123,17 @@ class SwinBlock(nn.Module):
         return "windows" if x.numel() >= WINDOWS_MIN_ELEMENTS["low precision" if low else "float32"] else "plain"
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C): pad to a window multiple, cyclic shift, partition, attend, and back.
-        Padding comes before the shift so regions and padding mask match the official layout; shift and
-        partition (and their reverse) are one precomputed gather each."""
-        B, H, W, C = x.shape
-        win, shift = self.window_and_shift(H, W)
-        Hp, Wp = padded_size((H, W), win)
-        to_windows, from_windows = window_order((H, W), win, shift, x.device)
-        x = pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B, Hp * Wp, C)
-        windows = x.index_select(1, to_windows).view(B, -1, win[0] * win[1], C)  # (B, nW, N, C)
-        out = self._window_attention(windows, (H, W), win, shift)
-        return out.view(B, -1, C).index_select(1, from_windows).view(B, H, W, C)
+        """(B, *S, C) -> (B, *S, C), S = (H, W) or (T, H, W): pad to a window multiple, cyclic shift, partition,
+        attend, and back. Padding comes before the shift so regions and padding mask match the official layout;
+        shift and partition (and their reverse) are one precomputed gather each."""
+        B, *S, C = x.shape
+        feat = tuple(S)
+        win, shift = self.window_and_shift(*feat)
+        to_windows, from_windows = window_order(feat, win, shift, x.device)
+        x = pad_to(x, padded_size(feat, win)).reshape(B, -1, C)  # (B, L padded, C)
+        windows = x.index_select(1, to_windows).view(B, -1, math.prod(win), C)  # (B, nW, N, C)
+        out = self._window_attention(windows, feat, win, shift)
+        return out.view(B, -1, C).index_select(1, from_windows).view(B, *S, C)
 
     def _window_attention(self, windows: torch.Tensor, feat: Pair, win: Pair, shift: Pair) -> torch.Tensor:
         """(B, nW, N, C) -> (B, nW, N, C). Windows go through attention in chunks whose attention matrices
@@ -145,19 +152,23 @@ class SwinBlock(nn.Module):
         return out
 
     def _forward_windows(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: (B, H, W, C) -> (B, H, W, C), the whole block (attention and MLP, both residuals) one chunk
+        """Inference: (B, *S, C) -> (B, *S, C), the whole block (attention and MLP, both residuals) one chunk
         of windows at a time, each chunk gathered from and written back to its tokens' places. Chunks follow
         window_groups, so a chunk's bias is one (1, h, N, N) slice that broadcasts over its windows. The output is
         the only full-size tensor; padded tokens are computed (as keys they are masked, or in "pad" mode zeros
         after norm1 as in the plain path) and cropped at the end."""
-        B, H, W, C = x.shape
-        win, shift = self.window_and_shift(H, W)
-        Hp, Wp = padded_size((H, W), win)
-        N, L = win[0] * win[1], Hp * Wp
-        to_windows, _ = window_order((H, W), win, shift, x.device)
-        order, masks, counts, padding = window_groups((H, W), win, shift, x.device, self.mask_padding)
-        bias = self.attn.cached_attention_bias(win, masks, x.dtype)  # (P, h, N, N), (1, h, N, N) or None
-        flat = pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B * L, C)
+        B, *S, C = x.shape
+        feat = tuple(S)
+        win, shift = self.window_and_shift(*feat)
+        padded = padded_size(feat, win)
+        N, L = math.prod(win), math.prod(padded)
+        to_windows, _ = window_order(feat, win, shift, x.device)
+        order, masks, counts, padding = window_groups(feat, win, shift, x.device, self.mask_padding)
+        # every group's bias + mask cached as one (P, h, N, N) tensor when small (2-D windows); else (3-D windows) only
+        # the (1, h, N, N) position bias is cached and each group adds its mask
+        whole = masks is None or masks.numel() * self.attn.num_heads * x.element_size() <= BIAS_CACHE_MAX_MB * 2**20
+        bias = self.attn.cached_attention_bias(win, masks if whole else None, x.dtype)  # (P | 1, h, N, N) or None
+        flat = pad_to(x, padded).reshape(B * L, C)
         windows = to_windows.view(-1, N)[order]  # (nW, N) padded-map positions, group after group
         per_window = x.element_size() * self.attn.num_heads * N * N * 2  # attention logits + bias
         c = int(self.chunk_mb * 2**20 // per_window)  # windows per chunk
@@ -167,7 +178,7 @@ class SwinBlock(nn.Module):
         for g, count in enumerate(counts):
             index = (image_start + windows[start:start + count]).flatten()  # (B*count*N,) this group's tokens
             start += count
-            b = bias if masks is None else bias[g:g + 1]
+            b = bias if masks is None else bias[g:g + 1] if whole else self.attn.add_mask(bias, masks[g:g + 1], x.dtype)
             # V1 "pad": the plain path pads after norm1, so padded tokens enter attention as zeros
             keep = (~padding[g])[:, None].to(x.dtype) if not (self.v2 or self.mask_padding) and padding[g].any() \
                 else None  # (N, 1)
@@ -182,11 +193,11 @@ class SwinBlock(nn.Module):
                     xw = xw + self.attn.attend(h if keep is None else h * keep, b)
                     xw = xw + self.mlp(self.norm2(xw))
                 out.index_copy_(0, idx, xw.view(-1, C))
-        out = out.view(B, Hp, Wp, C)
-        return out if (Hp, Wp) == (H, W) else out[:, :H, :W].contiguous()
+        out = out.view(B, *padded, C)
+        return out if padded == feat else out[(slice(None), *(slice(0, f) for f in feat))].contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+        """(B, H, W, C) -> (B, H, W, C), or (B, T, H, W, C) for a 3-D window."""
         if self.inference_path_for(x) == "windows":
             return self._forward_windows(x)
         if self.v2:
@@ -201,19 +212,22 @@ class SwinBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches -> linear embedding (a strided conv) -> LayerNorm. Pads odd sizes."""
+    """Non-overlapping patches (p x p, or t x p x p for video) -> linear embedding (a strided conv) -> LayerNorm.
+    Pads sizes that are not patch multiples at the end of each axis."""
 
     def __init__(self, cfg: SwinConfig):
         super().__init__()
         self.patch_size, self.in_chans = cfg.patch_size, cfg.in_chans
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        conv = nn.Conv3d if cfg.ndim == 3 else nn.Conv2d
+        self.proj = conv(cfg.in_chans, cfg.embed_dim, cfg.patch, cfg.patch)
         self.norm = nn.LayerNorm(cfg.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, ceil(H/p), ceil(W/p), D)."""
-        p = self.patch_size
-        x = pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        """(B, C, *S) -> (B, *ceil(S/p), D), S = (H, W) or (T, H, W)."""
+        amounts = ()
+        for s, p in zip(reversed(x.shape[2:]), reversed(self.proj.kernel_size)):
+            amounts += (0, -s % p)
+        return self.norm(self.proj(pad(x, amounts)).movedim(1, -1))
 
 
 class PatchMerging(nn.Module):
@@ -227,11 +241,11 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(2 * dim if v2 else 4 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
-        B, H, W, C = x.shape
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C); (B, T, H, W, C) merges each frame alone (Video Swin)."""
+        *lead, H, W, C = x.shape
         x = pad(x, (0, 0, 0, W % 2, 0, H % 2))
-        x = x.view(B, (H + 1) // 2, 2, (W + 1) // 2, 2, C)  # (B, H/2, dy, W/2, dx, C)
-        x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, (H + 1) // 2, (W + 1) // 2, 4 * C)  # order (dx, dy)
+        x = x.reshape(-1, (H + 1) // 2, 2, (W + 1) // 2, 2, C)  # (B*T, H/2, dy, W/2, dx, C)
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(*lead, (H + 1) // 2, (W + 1) // 2, 4 * C)  # order (dx, dy)
         return self.norm(self.reduction(x)) if self.v2 else self.reduction(self.norm(x))
 
 

@@ -1,5 +1,6 @@
-"""Window machinery shared by every Swin model: partition, cyclic-shift gathers, shift-region and padding
-masks, relative-position indices and V2's log-spaced coordinates, each a bounded cache of sizes and device."""
+"""Window machinery shared by every Swin model, for any number of axes (2-D images (H, W), 3-D video (T, H, W)):
+partition, cyclic-shift gathers, shift-region and padding masks, relative-position indices and V2's log-spaced
+coordinates, each a bounded cache of sizes and device. Sizes are tuples with one entry per axis."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-Pair = tuple[int, int]
+Pair = tuple[int, ...]  # one size per axis: (h, w) or (t, h, w)
 REGION_MASK = -100.0  # between tokens of different shift regions, as in the papers' code
 PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at least one real key)
 CACHE_SIZE = 128
@@ -21,15 +22,18 @@ def _cached(fn):
 
 
 def window_partition(x: torch.Tensor, win: Pair) -> torch.Tensor:
-    """(B, H, W, C) -> (B*nW, wh*ww, C); H and W must be multiples of the window."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // win[0], win[0], W // win[1], win[1], C)  # (B, nh, wh, nw, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, win[0] * win[1], C)  # (B*nh*nw, wh*ww, C)
+    """(B, *S, C) -> (B*nW, prod(win), C); each size of S must be a multiple of its window."""
+    B, *S, C = x.shape
+    n = len(win)
+    x = x.view(B, *(v for s, w in zip(S, win) for v in (s // w, w)), C)  # (B, n0, w0, n1, w1, ..., C)
+    order = (0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)  # (B, n0, n1, .., w0, w1, .., C)
+    return x.permute(order).reshape(-1, math.prod(win), C)  # (B*nW, N, C)
 
 
 def window_and_shift(feat: Pair, window: Pair, shift: bool, mode: str = "clamp") -> tuple[Pair, Pair]:
     """The window and shift a block uses on a `feat` map. clamp: per axis, a map no larger than the window is one
-    window, unshifted; otherwise shift = window // 2. pad: always the window and window // 2 (the map is padded)."""
+    window, unshifted; otherwise shift = window // 2 (the official Video Swin rule, per axis). pad: always the
+    window and window // 2 (the map is padded)."""
     if mode == "pad":
         return tuple(window), tuple(w // 2 if shift else 0 for w in window)
     win = tuple(min(f, w) for f, w in zip(feat, window))
@@ -46,53 +50,69 @@ def pad(x: torch.Tensor, amounts: tuple[int, ...]) -> torch.Tensor:
     return F.pad(x, amounts) if any(amounts) else x
 
 
+def pad_to(x: torch.Tensor, size: Pair) -> torch.Tensor:
+    """(B, *S, C) zero-padded at the end of each axis of S to `size`."""
+    amounts = [0, 0]
+    for s, p in zip(reversed(x.shape[1:-1]), reversed(size)):
+        amounts += [0, p - s]
+    return pad(x, tuple(amounts))
+
+
+def _neg(shift: Pair) -> Pair:
+    return tuple(-s for s in shift)
+
+
+def _crop(feat: Pair) -> tuple[slice, ...]:
+    return tuple(slice(0, f) for f in feat)
+
+
 @_cached
 def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that replace pad -> roll -> partition and its reverse by one copy each way.
 
     to_windows (nW*N,): for each token in window order, its position in the flattened padded (Hp, Wp) map
-    after the cyclic shift; from_windows (H*W,): for each real position of the (H, W) map, its window slot.
+    after the cyclic shift; from_windows (prod(feat),): for each real position of the map, its window slot.
     """
-    Hp, Wp = padded_size(feat, win)
-    pos = torch.roll(torch.arange(Hp * Wp, device=device).view(1, Hp, Wp, 1), (-shift[0], -shift[1]), (1, 2))
+    padded = padded_size(feat, win)
+    axes = tuple(range(1, len(feat) + 1))
+    pos = torch.roll(torch.arange(math.prod(padded), device=device).view(1, *padded, 1), _neg(shift), axes)
     to_windows = window_partition(pos, win).flatten()  # (nW*N,)
     slot = torch.empty_like(to_windows)
     slot[to_windows] = torch.arange(to_windows.numel(), device=device)
-    return to_windows, slot.view(Hp, Wp)[:feat[0], :feat[1]].flatten()
+    return to_windows, slot.view(padded)[_crop(feat)].flatten()
 
 
 @_cached
 def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
-    """(Hp, Wp) region label of each position of the padded map, before the cyclic shift is undone.
+    """(*padded) region label of each position of the padded map, before the cyclic shift is undone.
 
-    After rolling by -shift, the last `shift` rows/columns hold tokens that wrapped around from the
-    top/left edge; they share a window with tokens that are not their neighbours, so each window is
-    split into up to 3x3 regions and attention is restricted to tokens of the same region.
+    After rolling by -shift, the last `shift` positions of an axis hold tokens that wrapped around from its
+    start; they share a window with tokens that are not their neighbours, so each window is split into up to
+    3 regions per axis (3x3 in 2-D, 3x3x3 in 3-D) and attention is restricted to tokens of the same region.
     """
-    Hp, Wp = padded_size(feat, win)
-    labels = []
-    for size, w, s in ((Hp, win[0], shift[0]), (Wp, win[1], shift[1])):
+    labels = torch.zeros((), dtype=torch.long, device=device)
+    for size, w, s in zip(padded_size(feat, win), win, shift):
         lab = torch.zeros(size, dtype=torch.long, device=device)
         if s:
             lab[size - w: size - s] = 1
             lab[size - s:] = 2
-        labels.append(lab)
-    return labels[0][:, None] * 3 + labels[1][None, :]
+        labels = labels[..., None] * 3 + lab  # mixed radix 3, one digit per axis
+    return labels
 
 
 @_cached
 def window_padding(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(nW, N) bool, True where a window slot of the shifted, padded map holds a padded token."""
     padding = torch.ones(padded_size(feat, win), dtype=torch.bool, device=device)
-    padding[:feat[0], :feat[1]] = False
-    padding = torch.roll(padding, (-shift[0], -shift[1]), (0, 1))  # padding moves with the cyclic shift
+    padding[_crop(feat)] = False
+    padding = torch.roll(padding, _neg(shift), tuple(range(len(feat))))  # padding moves with the cyclic shift
     return window_partition(padding[None, ..., None], win)[..., 0]  # (nW, N)
 
 
 @_cached
 def window_labels(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask_padding: bool = True
                   ) -> torch.Tensor:
-    """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..8), or -1
+    """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..3^n-1), or -1
     for padding when padded keys are masked (mask_padding=False: padding keeps its region, as the official
     detection and segmentation code attends to it)."""
     regions = window_partition(shift_regions(feat, win, shift, device)[None, ..., None], win)[..., 0]  # (nW, N)
@@ -127,8 +147,8 @@ def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask
 
     order (nW,): window indices, group after group; masks (P, N, N): each group's additive mask (None when the
     map needs no mask: then one group per padding pattern); counts: windows per group; padding (P, N): each
-    group's padded slots. Shift or padding alone gives at most 4 patterns (inner windows, last column, last row,
-    corner); together a few more."""
+    group's padded slots. Shift or padding alone gives at most 2^n patterns (2-D: inner windows, last column,
+    last row, corner); together a few more."""
     cpu = torch.device("cpu")  # on CPU: also serves meta tensors
     labels, padding = window_labels(feat, win, shift, cpu, mask_padding), window_padding(feat, win, shift, cpu)
     key = torch.stack((labels, padding.long()), -1).flatten(1)  # (nW, 2N): a group shares mask and padding
@@ -141,23 +161,26 @@ def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask
 
 @_cached
 def relative_position_index(win: Pair, table_win: Pair, device: torch.device) -> torch.Tensor:
-    """(N, N) index into a (2*Th-1)*(2*Tw-1) table for the offsets inside a win window (win <= table_win),
-    so a clamped window uses the learned entries of the same offsets."""
-    coords = torch.stack(torch.meshgrid(torch.arange(win[0]), torch.arange(win[1]), indexing="ij")).flatten(1)
-    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N), offsets in [-(w-1), w-1]
-    return ((rel[0] + table_win[0] - 1) * (2 * table_win[1] - 1) + rel[1] + table_win[1] - 1).to(device)
+    """(N, N) index into a prod(2*T-1) table (row-major over the axes) for the offsets inside a win window
+    (win <= table_win per axis), so a clamped window uses the learned entries of the same offsets."""
+    coords = torch.stack(torch.meshgrid(*(torch.arange(w) for w in win), indexing="ij")).flatten(1)  # (n, N)
+    rel = coords[:, :, None] - coords[:, None, :]  # (n, N, N), offsets in [-(w-1), w-1]
+    index = torch.zeros_like(rel[0])
+    for r, t in zip(rel, table_win):
+        index = index * (2 * t - 1) + r + t - 1
+    return index.to(device)
 
 
 @_cached
 def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> torch.Tensor:
-    """V2: ((2wh-1)*(2ww-1), 2) log-spaced relative coordinates, normalised by the pre-training window
+    """V2: (prod(2w-1), n) log-spaced relative coordinates, normalised by the pre-training window
     (or this window when none is given) exactly as the official V2 code does."""
     axes = [torch.arange(-(w - 1), w, dtype=torch.float32) for w in win]
-    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (2wh-1, 2ww-1, 2)
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (2w0-1, 2w1-1, .., n)
     norm = [p if p > 0 else w for p, w in zip(pretrained_win, win)]
     table = table / torch.tensor([max(n - 1, 1) for n in norm], dtype=torch.float32) * 8
     table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
-    return table.view(-1, 2).to(device)
+    return table.view(-1, len(win)).to(device)
 
 
 def clear_caches() -> None:

@@ -9,6 +9,7 @@ from .base import Env, Loaded, Task, TaskSettings, TrainSettings
 TASKS: dict[str, str | type[Task]] = {  # name -> "module:class" (or the class itself)
     "classify": "swinkit.tasks.classify:ClassifyTask",
     "segment": "swinkit.tasks.segment:SegmentTask",
+    "video": "swinkit.tasks.video:VideoTask",
 }
 DEFAULT_TASK = "classify"
 

@@ -109,6 +109,8 @@ class OptimSettings:
     lr_base_size: int = setting(512, "the batch the lrs are given for")
     weight_decay: float = setting(0.05, "none on norms, biases, position tables, logit scale, CPB MLP")
     layer_decay: float = setting(1.0, "layer-wise lr decay over the Swin's blocks (1 = off)")
+    backbone_lr_scale: float = setting(1.0, "lr factor of the Swin backbone (every parameter of a Swin but its "
+                                            "classifier head); fine-tuning recipes such as Video Swin's use 0.1")
     clip_grad: float = setting(5.0, "max grad norm (0 = off)")
     accum_steps: int = setting(1, "gradient accumulation steps")
 

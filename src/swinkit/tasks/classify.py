@@ -108,19 +108,21 @@ def set_drop_path(model: SwinTransformer, rate: float) -> None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             num_classes: int | None = None) -> dict:
+             num_classes: int | None = None, log_probs=None, count: str = "num_images") -> dict:
     """Cross-entropy loss, top-1 and top-5 (%) over `loader`, summed across ranks when distributed. Top-5 is
-    top-min(5, classes). With `num_classes`, also the (C, C) confusion matrix (rows: true class)."""
+    top-min(5, classes). With `num_classes`, also the (C, C) confusion matrix (rows: true class). `log_probs(model,
+    x)` -> (B, classes) log-probabilities replaces log_softmax(model(x)) (the video task's multi-view average);
+    `count` names the sample count."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, samples
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long, device=device)
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
-            logits = model(x).float()  # (B, C)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
+            log_p = model(x).float().log_softmax(-1) if log_probs is None else log_probs(model, x)  # (B, C)
+        top = log_p.topk(min(5, log_p.shape[1]), dim=1).indices  # (B, k)
         hits = top == y[:, None]
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
+        sums += torch.stack([F.nll_loss(log_p, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
                              torch.tensor(len(y), device=device)]).double()
         if num_classes:
             confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2).view_as(confusion)
@@ -128,8 +130,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
         dist.all_reduce(sums)
         dist.all_reduce(confusion)
     loss, c1, c5, n = sums.tolist()
-    out = {"loss": loss / max(n, 1), "top1": 100 * c1 / max(n, 1), "top5": 100 * c5 / max(n, 1),
-           "num_images": int(n)}
+    out = {"loss": loss / max(n, 1), "top1": 100 * c1 / max(n, 1), "top5": 100 * c5 / max(n, 1), count: int(n)}
     if num_classes:
         out["confusion"] = confusion.cpu()
     return out

@@ -292,10 +292,15 @@ def _child_env(lib: str, threads: int) -> dict:
 
 def measure_isolated(spec: dict, timeout: float | None = None) -> dict:
     """measure(spec) in a fresh Python process; {"error": why} when it fails, is killed or times out."""
-    cmd = [sys.executable, "-m", "swinkit.tools.bench", json.dumps(spec)]
+    return run_isolated([sys.executable, "-m", "swinkit.tools.bench", json.dumps(spec)], timeout,
+                        _child_env(spec["lib"], spec["threads"]))
+
+
+def run_isolated(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Run `cmd` in a fresh process and return the JSON of its last stdout line starting with RESULT_TAG (what a
+    benchmark worker prints); {"error": why} when it fails, is killed or times out."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=_child_env(spec["lib"], spec["threads"]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g} s"}
     for line in reversed(proc.stdout.splitlines()):

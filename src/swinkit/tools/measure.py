@@ -7,10 +7,12 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..config import ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, SegmentationConfig, SwinConfig, SwinUNetConfig
+from ..config import (ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS, SegmentationConfig, SwinConfig,
+                      SwinUNetConfig, VideoSwinConfig)
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
 from ..models.unet import SwinUNet
+from ..models.video import VideoSwinTransformer
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -25,7 +27,7 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
 _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
 
 
-def count_macs(model: torch.nn.Module, img_size: tuple[int, int], batch: int = 1) -> int:
+def count_macs(model: torch.nn.Module, img_size: tuple[int, ...], batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass (the papers' "FLOPs"): matmuls, convolutions, attention."""
     param = next(model.parameters())
     x = torch.zeros(batch, model.cfg.in_chans, *img_size, device=param.device, dtype=param.dtype)
@@ -72,6 +74,18 @@ def measure_unet_variant(name: str, **overrides) -> dict:
                 paper_params_m=UNET_VARIANTS[name]["paper_params_m"], paper_gmacs=UNET_VARIANTS[name]["paper_gmacs"])
 
 
+def measure_video_variant(name: str, **overrides) -> dict:
+    """Video variant `name` built on the meta device: parameters and the MACs of one view at its img_size
+    (T, H, W; 32x224x224 as the published figures)."""
+    cfg = VideoSwinConfig.from_name(name, **overrides)
+    with torch.device("meta"):
+        model = VideoSwinTransformer(cfg)
+    return dict(name=name, task="video", version=cfg.version, size=list(cfg.img_size),
+                window="x".join(map(str, cfg.window_size[0])), params_m=count_params(model) / 1e6,
+                gmacs=count_macs(model.eval(), cfg.img_size) / 1e9,
+                paper_params_m=VIDEO_VARIANTS[name]["paper_params_m"], paper_gmacs=VIDEO_VARIANTS[name]["paper_gmacs"])
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--aliases", action="store_true", help="also list the short aliases (swin_t, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -82,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     rows = [measure_variant(n) for n in names]
     seg_rows = [measure_segmentation_variant(n) for n in SEG_VARIANTS]
     unet_rows = [measure_unet_variant(n) for n in UNET_VARIANTS]
+    video_rows = [measure_video_variant(n) for n in VIDEO_VARIANTS]
     if args.json:
-        for r in rows + seg_rows + unet_rows:
+        for r in rows + seg_rows + unet_rows + video_rows:
             print(json.dumps(r))
         return 0
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -98,14 +113,16 @@ def run(args: argparse.Namespace) -> int:
                  "(window mode pad); paper = Swin paper, Table 3 (ADE20K UPerNet)")
     _print_sized("Swin-UNet", unet_rows, "Swin-UNet (Cao et al. 2021): the official configuration, 9 classes; no "
                  "published params or FLOPs")
+    _print_sized("video model", video_rows, "GMACs = one T x H x W view; paper = the official Video-Swin-Transformer "
+                 "README (Kinetics-400 rows; SSv2: Swin-B); torchvision's swin3d_t / s / b are video_swin_t / s / b")
     return 0
 
 
 def _print_sized(title: str, rows: list[dict], note: str) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"\n{title:36} {'V':>1} {'size':>9} {'win':>3} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
+    print(f"\n{title:36} {'V':>1} {'size':>11} {'win':>6} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
     for r in rows:
         size = "x".join(map(str, r["size"]))
-        print(f"{r['name']:36} {r['version']:>1} {size:>9} {r['window']:>3} {r['params_m']:>10.1f} "
+        print(f"{r['name']:36} {r['version']:>1} {size:>11} {r['window']:>6} {r['params_m']:>10.1f} "
               f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
     print(note)

@@ -7,7 +7,9 @@ Windows and regions come from `window_and_shift`, `padded_size`, `window_order` 
 receptive fields from autograd through the model; cost from `FlopCounterMode` on the models themselves.
 
 Every figure is two functions: `<name>_data(...) -> dict` (the numbers behind it, checked by the tests) and
-`<name>(...) -> (matplotlib Figure, dict)`. Sizes are (H, W) in pixels; token maps are (h, w).
+`<name>(...) -> (matplotlib Figure, dict)`. Sizes are (H, W) in pixels; token maps are (h, w). A video model
+(swinkit.list_video_models()) takes (T, H, W) clips: `windows` and `mask` then draw the 3-D windows and mask,
+frame by frame (video_windows, video_mask).
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..io.checkpoint import atomic_write
-from ..config import SwinConfig
+from ..config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
 from .measure import count_macs, count_params
 from ..factory import create_model
 from ..models.swin import SwinTransformer
+from ..models.video import VideoSwinTransformer
 from ..nn.windows import (padded_size, relative_position_index, shift_regions, window_and_shift, window_labels,
                           window_order, window_partition)
 
@@ -91,31 +94,31 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 def stage_sizes(model: SwinTransformer, size: Pair) -> list[Pair]:
-    """(h, w) token map that each stage's blocks see for an input of `size`, from a forward of a twin of the
-    model on the meta device (no memory, no compute)."""
+    """(h, w) token map ((t, h, w) for video) that each stage's blocks see for an input of `size`, from a
+    forward of a twin of the model on the meta device (no memory, no compute)."""
     with torch.device("meta"):
-        twin = SwinTransformer(model.cfg)
+        twin = type(model)(model.cfg)
     sizes = []
     for layer in twin.layers:
-        layer.blocks[0].register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[1:3])))
+        layer.blocks[0].register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[1:-1])))
     twin.forward_features(torch.zeros(1, model.cfg.in_chans, *size, device="meta"))
     return sizes
 
 
 def token_px(model: SwinTransformer, stage: int) -> int:
     """Pixels per token side at `stage` (patch size times the merges so far)."""
-    return model.cfg.patch_size * 2**stage
+    return model.cfg.patch[-1] * 2**stage
 
 
 def window_slots(feat: Pair, win: Pair, shift: Pair) -> torch.Tensor:
-    """(nW, N) index into the padded (Hp*Wp) map of the token in each window slot: the gather order of
+    """(nW, N) index into the flattened padded map of the token in each window slot: the gather order of
     SwinBlock (`window_order`: pad, roll by -shift, partition)."""
-    return window_order(feat, win, shift, CPU)[0].view(-1, win[0] * win[1])
+    return window_order(feat, win, shift, CPU)[0].view(-1, math.prod(win))
 
 
 def window_map(slots: torch.Tensor, padded: Pair) -> torch.Tensor:
-    """(nW, N) slots -> (Hp, Wp) map of the window index of every token, in image (unrolled) layout."""
-    out = torch.empty(padded[0] * padded[1], dtype=torch.long)
+    """(nW, N) slots -> (Hp, Wp) (or (Tp, Hp, Wp)) map of the window index of every token, unrolled layout."""
+    out = torch.empty(math.prod(padded), dtype=torch.long)
     out[slots.flatten()] = torch.arange(slots.shape[0]).repeat_interleave(slots.shape[1])
     return out.view(padded)
 
@@ -360,6 +363,114 @@ def mask(model: SwinTransformer, size: Pair, stage: int = 0, label: str | None =
     (H, W), (h, w), s = d["size"], d["feat"], d["shift"]
     fig.suptitle(f"Attention masks of block {stage}.{d['block'][1]}{shown}, {label or model.cfg.name}: {H}x{W} "
                  f"input -> {h}x{w} tokens, window {d['window'][0]}x{d['window'][1]}, shift {s}", fontsize=11)
+    return fig, d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# video: 3-D windows and the 3-D shift mask, frame by frame
+
+
+def video_windows_data(model: VideoSwinTransformer, size: Pair, stage: int = 0) -> dict:
+    """3-D partition of stage `stage` for a (T, H, W) clip: the window index of every token of the padded
+    (Tp, Hp, Wp) map for the regular and the shifted block (the blocks' own gather), the shift regions and
+    padding."""
+    feat = stage_sizes(model, size)[stage]
+    blocks = model.layers[stage].blocks
+    win, _ = blocks[0].window_and_shift(*feat)
+    shifted = next((b for b in blocks if b.shift), None)
+    shift = shifted.window_and_shift(*feat)[1] if shifted else (0,) * 3
+    padded = padded_size(feat, win)
+    regular, moved = window_map(window_slots(feat, win, (0,) * 3), padded), window_map(window_slots(feat, win, shift),
+                                                                                      padded)
+    pad = torch.ones(padded, dtype=torch.bool)
+    pad[:feat[0], :feat[1], :feat[2]] = False
+    return dict(size=tuple(size), stage=stage, feat=feat, window=win, shift=shift, padded=padded,
+                n_windows=int(regular.max()) + 1, regular=regular, shifted=moved, pad=pad,
+                regions=shift_regions(feat, win, shift, CPU).clone(), has_shifted_block=shifted is not None)
+
+
+def video_windows(model: VideoSwinTransformer, size: Pair, stage: int = 0, label: str | None = None):
+    """Two rows of one panel per token frame of the padded map: (a) the regular 3-D windows, (b) the shifted
+    ones in clip layout (same number = one window, which spans several frames). Returns (Figure, data)."""
+    d = video_windows_data(model, size, stage)
+    (Tp, Hp, Wp), win, s = d["padded"], d["window"], d["shift"]
+    fig = Figure(figsize=(2.2 * Tp + 1, 2.2 * 2 * Hp / Wp + 1.6), layout="constrained")
+    axes = fig.subplots(2, Tp, squeeze=False)
+    colors = colormaps["tab20"].colors
+    for row, key in enumerate(("regular", "shifted")):
+        ids = d[key].numpy()
+        for t in range(Tp):
+            ax = axes[row, t]
+            ax.imshow(_tokens_rgba(ids[t] % len(colors), 1, colors, 0.6), extent=(0, Wp, Hp, 0),
+                      interpolation="nearest")
+            ax.imshow(_hatch(d["pad"][t].numpy(), 8), extent=(0, Wp, Hp, 0))
+            _edges(ax, ids[t], 1, colors="black", linewidths=1.5)
+            for i, y0, y1, x0, x1 in pieces(ids[t]):
+                ax.text((x0 + x1) / 2, (y0 + y1) / 2, str(i), ha="center", va="center", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"token frame {t}" + (" (padding)" if t >= d["feat"][0] else ""), fontsize=8)
+        what = "W-MSA, regular windows" if key == "regular" else (
+            f"SW-MSA, shifted by {s}" if d["has_shifted_block"] else "no shifted block in this stage")
+        axes[row, 0].set_ylabel(f"({'ab'[row]}) {what}", fontsize=9)
+    (T, H, W), (t, h, w) = d["size"], d["feat"]
+    fig.suptitle(f"Video Swin windows, stage {stage} of {label or model.cfg.name}: {T}x{H}x{W} clip -> {t}x{h}x{w} "
+                 f"tokens, window {'x'.join(map(str, win))}, {d['n_windows']} windows (padding hatched)", fontsize=11)
+    return fig, d
+
+
+def video_mask_data(model: VideoSwinTransformer, size: Pair, stage: int = 0) -> dict:
+    """The (nW, N, N) mask of stage `stage`'s shifted block on a (T, H, W) clip (the block's own cached
+    `attention_mask`), its slot labels (`window_labels`), and the window with the most regions."""
+    feat = stage_sizes(model, size)[stage]
+    blocks = model.layers[stage].blocks
+    j = next((i for i, b in enumerate(blocks) if b.shift), 0)
+    mask = blocks[j].attention_mask(*feat, CPU)
+    if mask is None:
+        raise ValueError(f"stage {stage}, block {j} uses no mask for a {'x'.join(map(str, size))} clip: its "
+                         f"{'x'.join(map(str, feat))} token map needs neither a shift nor padding; use a larger --size")
+    win, shift = blocks[j].window_and_shift(*feat)
+    labels = window_labels(feat, win, shift, CPU, blocks[j].mask_padding)  # (nW, N)
+    k = int(torch.tensor([len(r.unique()) for r in labels]).argmax())
+    return dict(size=tuple(size), stage=stage, block=(stage, j), feat=feat, window=win, shift=shift,
+                mask=mask, labels=labels, window_index=k)
+
+
+def video_mask(model: VideoSwinTransformer, size: Pair, stage: int = 0, label: str | None = None):
+    """The N x N mask of the window with the most regions (N = t*h*w slots, frame by frame; 0 attend, -100 other
+    region, -inf padded key) beside the region label of each of its slots, one small grid per frame."""
+    d = video_mask_data(model, size, stage)
+    k, (wt, wh, ww) = d["window_index"], d["window"]
+    m, lab = d["mask"][k].numpy(), d["labels"][k].view(wt, wh, ww).numpy()
+    N = m.shape[0]
+    fig = Figure(figsize=(6 + 1.6 * wt, 5.4), layout="constrained")
+    grid = fig.add_gridspec(2, wt + 1, width_ratios=[4] + [1] * wt, height_ratios=[1, 1])
+    ax = fig.add_subplot(grid[:, 0])
+    cat = np.where(np.isinf(m), 2, np.where(m < 0, 1, 0))
+    im = ax.imshow(cat, cmap=ListedColormap(["#f7f4ea", "#34495e", "#d9534f"]), vmin=-0.5, vmax=2.5,
+                   extent=(0, N, N, 0), interpolation="nearest")
+    for t in range(1, wt):  # frame boundaries inside the window
+        ax.axhline(t * wh * ww, color="0.5", lw=0.6)
+        ax.axvline(t * wh * ww, color="0.5", lw=0.6)
+    ax.set_xlabel("key slot (frame-major: t, then h, w)")
+    ax.set_ylabel("query slot")
+    ax.set_title(f"window {k}: {N} x {N} mask", fontsize=10)
+    cb = fig.colorbar(im, ax=ax, ticks=[0, 1, 2], shrink=0.6)
+    cb.ax.set_yticklabels(["0: attend", "-100: other\nregion", "-inf: padded\nkey"])
+    for t in range(wt):
+        sub = fig.add_subplot(grid[0, t + 1])
+        sub.imshow(_tokens_rgba(np.where(lab[t] < 0, len(colormaps["tab20"].colors), lab[t] % 20), 1,
+                                colormaps["tab20"].colors + ((0, 0, 0),)), interpolation="nearest")
+        for (y, x), v in np.ndenumerate(lab[t]):
+            sub.text(x, y, "pad" if v < 0 else str(v), ha="center", va="center", fontsize=6)
+        sub.set_xticks([])
+        sub.set_yticks([])
+        sub.set_title(f"slot frame {t}", fontsize=8)
+    fig.text(0.75, 0.25, "region label of each slot (window_labels):\nmixed radix 3, one digit per axis (t, h, w)",
+             ha="center", fontsize=9)
+    (T, H, W) = d["size"]
+    fig.suptitle(f"3-D shift mask of block {stage}.{d['block'][1]}, {label or model.cfg.name}: {T}x{H}x{W} clip, "
+                 f"window {wt}x{wh}x{ww}, shift {d['shift']}", fontsize=11)
     return fig, d
 
 
@@ -811,18 +922,29 @@ def load_for_viz(checkpoint: str | None, name: str, **overrides) -> tuple[SwinTr
 
 
 def _geometry_model(args) -> tuple[SwinTransformer, str]:
-    """windows / mask need only the configuration: build on the meta device."""
+    """windows / mask need only the configuration: build on the meta device (a video model for a video name)."""
     overrides = {"window_size": args.window} if args.window else {}
     with torch.device("meta"):
-        model = create_model(args.model, **overrides)
+        if args.model in VIDEO_VARIANTS:
+            model = VideoSwinTransformer(VideoSwinConfig.from_name(args.model, **overrides))
+        else:
+            model = create_model(args.model, **overrides)
     return model, args.model + (f", window {args.window}" if args.window else "")
 
 
 def _size(args, model: SwinTransformer) -> Pair:
+    if args.size and len(args.size) != model.cfg.ndim:
+        want = "T H W (a video model)" if model.cfg.ndim == 3 else "H W"
+        raise ValueError(f"--size takes {want}, got {len(args.size)} numbers {args.size}")
     return tuple(args.size) if args.size else model.cfg.img_size
 
 
 def _run_windows(args):
+    if args.model in VIDEO_VARIANTS:
+        model, label = _geometry_model(args)
+        fig, d = video_windows(model, _size(args, model), args.stage, label)
+        return fig, [f"token map {d['feat']}, window {d['window']}, shift {d['shift']}, padded {d['padded']}: "
+                     f"{d['n_windows']} 3-D windows"]
     image = load_image(args.image)
     model, label = _geometry_model(args)
     fig, d = windows(model, resize(image, _size(args, model)), args.stage, label)
@@ -833,6 +955,13 @@ def _run_windows(args):
 
 def _run_mask(args):
     model, label = _geometry_model(args)
+    if model.cfg.ndim == 3:
+        win, t = model.cfg.window_size[args.stage], token_px(model, args.stage)
+        size = _size(args, model) if args.size else (2 * win[0] * model.cfg.patch[0], 2 * win[1] * t, 2 * win[2] * t)
+        fig, d = video_mask(model, size, args.stage, label)
+        m = d["mask"]
+        return fig, [f"mask {tuple(m.shape)} for a {size} clip (token map {d['feat']}): "
+                     f"{int((m == -100).sum())} entries -100, {int(m.isinf().sum())} entries -inf"]
     M, t = model.cfg.window_size[args.stage][0], token_px(model, args.stage)
     size = tuple(args.size) if args.size else (3 * M * t, 3 * M * t)  # 3x3 windows: every kind of region
     fig, d = mask(model, size, args.stage, label)
@@ -896,16 +1025,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         p = sub.add_parser(name, help=HELP[name], description=HELP[name])
         p.add_argument("--out", default=f"{name}.png", help="output image; the suffix picks the format "
                                                              "(default: %(default)s)")
-        p.add_argument("--model", default="swin_t", help="variant (swinkit models), used when no --checkpoint "
-                                                         "is given (default: %(default)s)")
+        p.add_argument("--model", default="swin_t", help="variant (swinkit models; windows and mask also take the "
+                                                         "video ones), used when no --checkpoint is given (default: "
+                                                         "%(default)s)")
         if name in ("bias", "attention", "receptive-field"):
             p.add_argument("--checkpoint", help="trained weights (swinkit.io.checkpoint.load_model); without it a "
                                                 "randomly initialised --model is drawn and the title says so")
         if name in ("windows", "attention", "receptive-field"):
             p.add_argument("--image", help="image file (default: scikit-image's astronaut photograph)")
         if name in ("windows", "mask", "attention", "receptive-field"):
-            p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                           help="input size in pixels (default: the model's img_size; mask: 3x3 windows)")
+            p.add_argument("--size", type=int, nargs="+", metavar="N",
+                           help="input size in pixels, H W (T H W for a video model) (default: the model's "
+                                "img_size; mask: 3x3 windows, 2x2x2 for video)")
         if name in ("windows", "mask"):
             p.add_argument("--window", type=int, help="window size M (default: the model's)")
             p.add_argument("--stage", type=int, default=0, help="stage whose token map is drawn (default: 0)")
@@ -951,6 +1082,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_stage(args) -> None:
-    n = len(SwinConfig.from_name(args.model).depths)
+    cfg = VideoSwinConfig.from_name(args.model) if args.model in VIDEO_VARIANTS else SwinConfig.from_name(args.model)
+    n = len(cfg.depths)
     if not 0 <= args.stage < n:
         raise ValueError(f"--stage {args.stage}: {args.model} has stages 0..{n - 1}")
