@@ -65,10 +65,11 @@ def test_models_command_prints_every_variant(capsys):
 
     assert main(["models", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    from swinkit.config import VIDEO_VARIANTS
+    from swinkit.config import SWINIR_VARIANTS, VIDEO_VARIANTS
 
-    # then the dense and video models
-    assert len(lines) == len(VARIANTS) - len(ALIASES) + len(SEG_VARIANTS) + len(UNET_VARIANTS) + len(VIDEO_VARIANTS)
+    # then the dense, video and restoration models
+    assert len(lines) == (len(VARIANTS) - len(ALIASES) + len(SEG_VARIANTS) + len(UNET_VARIANTS) + len(VIDEO_VARIANTS)
+                          + len(SWINIR_VARIANTS))
     assert '"name": "swin_tiny_patch4_window7_224"' in lines[0]
 
 

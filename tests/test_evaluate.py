@@ -132,3 +132,18 @@ def test_predict_text_top1_and_unreadable_files(checkpoint, images, tmp_path, ca
     out, err = capsys.readouterr()
     assert re.fullmatch(rf"{re.escape(str(good))}: (cat|dog|owl) \d+\.\d%\n", out)
     assert f"error: cannot read {bad}:" in err
+
+
+def test_foreign_files_go_to_the_task_of_their_weights(tmp_path):
+    """A checkpoint in another format (an official or torchvision state dict) reaches the task its layout belongs
+    to: eval / predict of an official SwinIR or Video Swin file do not fall to the classifier."""
+    from swinkit.evaluate import task_of
+
+    video = swinkit.create_video_model("video_swin_t", embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3)
+    restore = swinkit.create_restoration_model("swinir_lightweight_x2", embed_dim=12, depths=(2,), num_heads=(2,))
+    image = swinkit.create_model("swin_t", embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3)
+    for name, model, task in (("video", video, "video"), ("swinir", restore, "restore"), ("image", image, "classify")):
+        torch.save({"params" if name == "swinir" else "model": model.state_dict()}, tmp_path / f"{name}.pth")
+        assert task_of(tmp_path / f"{name}.pth").name == task
+    loaded = load_trained(tmp_path / "swinir.pth")
+    assert loaded.task.name == "restore" and loaded.model.cfg.upscale == 2

@@ -150,6 +150,22 @@ def test_warmup_then_cosine_per_update():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def test_step_schedule_halves_at_the_milestones():
+    f = train_mod.WarmupCosine(lr=2.0, warmup_lr=2.0, min_lr=0.0, warmup=0, total=100,
+                               milestones=[0.5, 0.8, 0.9, 0.95], gamma=0.5)
+    assert [f(s) for s in (0, 49, 50, 79, 80, 90, 95, 99)] == [1, 1, 0.5, 0.5, 0.25, 0.125, 0.0625, 0.0625]
+
+
+def test_betas_and_step_schedule_reach_the_optimizer(folder, tmp_path):
+    args = main_args(folder, tmp_path / "r", "--betas", "0.9", "0.99", "--schedule", "step", "--milestones", "0.5",
+                     "--gamma", "0.1", "--warmup-epochs", "0")
+    trainer = train_mod.Trainer(train_mod.resolve_settings(args))
+    assert trainer.opt.param_groups[0]["betas"] == (0.9, 0.99)
+    total = trainer.s.schedule.epochs * trainer.updates_per_epoch
+    lam = trainer.sched.lr_lambdas[0]
+    assert lam(total // 2 - 1) == 1.0 and lam(total // 2) == pytest.approx(0.1)
+
+
 def test_lr_scales_with_the_total_batch(folder, tmp_path):
     args = main_args(folder, tmp_path / "r", "--batch-size", "4", "--accum-steps", "3", "--lr", "5e-4",
                      "--lr-base-size", "512", "--layer-decay", "1")

@@ -483,3 +483,188 @@ VIDEO_VARIANTS: dict[str, dict] = {
 
 def list_video_models() -> list[str]:
     return list(VIDEO_VARIANTS)
+
+
+# ==========================================================================================================
+# Image restoration (models/swinir.py): SwinIR (Liang et al. 2021) and Swin2SR (Conde et al. 2022)
+
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "none")
+RESI_CONNECTIONS = ("1conv", "3conv")
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # the DIV2K mean the official code subtracts from 3-channel inputs
+
+
+@dataclass
+class SwinIRConfig:
+    """A SwinIR (version 1: Swin V1 blocks) or Swin2SR (version 2: res-post-norm, cosine attention, CPB) model:
+    a 3x3 conv, residual Swin transformer blocks (RSTB) at full resolution, and a reconstruction head (`upsampler`).
+    Every RSTB has the width `embed_dim`; `depths` and `num_heads` give one entry per RSTB. Any input size runs:
+    it is padded by reflection to a window multiple and the output cropped, as the official code does."""
+
+    name: str = "custom"
+    version: int = 1
+    upscale: int = 2                      # 1 for denoising / JPEG artifact reduction, 2, 3, 4, 8 for SR
+    in_chans: int = 3                     # the output has as many channels
+    img_size: int = 64                    # training patch (the official buffers' size); any size runs
+    window_size: int = 8
+    embed_dim: int = 180
+    depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
+    num_heads: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
+    mlp_ratio: float = 2.0
+    qkv_bias: bool = True
+    # pixelshuffle (classical SR), pixelshuffledirect (lightweight SR), nearest+conv (real-world SR, x4),
+    # none (denoising / JPEG: the body predicts a residual added to the input)
+    upsampler: str = "pixelshuffle"
+    resi_connection: str = "1conv"        # the conv closing each RSTB: 1conv (3x3) | 3conv (3x3 -> 1x1 -> 3x3, C/4)
+    img_range: float = 1.0                # inputs in [0, 1] are scaled by this after the mean shift (JPEG: 255)
+    num_feat: int = 64                    # width of the pixelshuffle / nearest+conv heads
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    fused_attn: bool = True
+    chunk_mb: float = 256                 # attention / MLP chunks and conv row strips stay under this budget
+    inference_path: str = "auto"
+
+    def __post_init__(self):
+        self.depths = tuple(int(d) for d in self.depths)
+        self.num_heads = tuple(int(h) for h in self.num_heads)
+        if self.upsampler in ("", None):
+            self.upsampler = "none"
+        if self.version not in (1, 2):
+            raise ValueError(f"version must be 1 (SwinIR) or 2 (Swin2SR), got {self.version}")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if self.resi_connection not in RESI_CONNECTIONS:
+            raise ValueError(f"resi_connection must be one of {RESI_CONNECTIONS}, got {self.resi_connection!r}")
+        if self.inference_path not in INFERENCE_PATHS:
+            raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {self.inference_path!r}")
+        if not self.depths or len(self.num_heads) != len(self.depths) or min(self.depths) < 1:
+            raise ValueError(f"depths and num_heads need one entry >= 1 per RSTB and equal length, got "
+                             f"depths={self.depths} num_heads={self.num_heads}")
+        bad = [h for h in self.num_heads if h < 1 or self.embed_dim % h]
+        if bad:
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by every num_heads entry; {bad} are not")
+        if self.window_size < 1 or self.in_chans < 1 or self.img_size < 1:
+            raise ValueError("window_size, in_chans and img_size must be >= 1")
+        wanted = {"none": (1,), "pixelshuffle": "2^n or 3", "pixelshuffledirect": "any >= 2", "nearest+conv": (4,)}
+        ok = {"none": self.upscale == 1, "nearest+conv": self.upscale == 4,
+              "pixelshuffledirect": self.upscale >= 2,
+              "pixelshuffle": self.upscale == 3 or (self.upscale >= 2 and self.upscale & (self.upscale - 1) == 0)}
+        if not ok[self.upsampler]:
+            raise ValueError(f"upsampler {self.upsampler!r} takes upscale {wanted[self.upsampler]}, got "
+                             f"{self.upscale}" + (" (use upsampler='none' for upscale 1)" if self.upscale == 1 else ""))
+        if self.resi_connection == "3conv" and self.embed_dim % 4:
+            raise ValueError(f"3conv narrows to embed_dim / 4: embed_dim={self.embed_dim} must be divisible by 4")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.img_range <= 0:
+            raise ValueError(f"img_range must be > 0, got {self.img_range}")
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """The per-channel mean subtracted before img_range: the DIV2K RGB mean for 3 channels, else 0."""
+        return RGB_MEAN if self.in_chans == 3 else (0.0,) * self.in_chans
+
+    def block_config(self) -> SwinConfig:
+        """The SwinConfig the blocks read their options from: window_mode="pad" (window and shift never clamped,
+        as the official calculate_mask), this config's version, MLP ratio, dropout and inference settings."""
+        return SwinConfig(version=self.version, embed_dim=self.embed_dim, depths=(1,), num_heads=self.num_heads[:1],
+                          window_size=self.window_size, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                          drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate, drop_path_rate=0.0,
+                          fused_attn=self.fused_attn, chunk_mb=self.chunk_mb, window_mode="pad",
+                          inference_path=self.inference_path, num_classes=0, in_chans=self.in_chans)
+
+    def describe(self) -> str:
+        if self.name in SWINIR_VARIANTS:
+            ref = SwinIRConfig.from_name(self.name)
+            if all(getattr(self, f) == getattr(ref, f) for f in SWINIR_IDENTITY_FIELDS):
+                return self.name
+        return (f"custom {'SwinIR' if self.version == 1 else 'Swin2SR'}: x{self.upscale} {self.upsampler}, "
+                f"window {self.window_size}, C {self.embed_dim}, depths {'-'.join(map(str, self.depths))}, "
+                f"heads {'-'.join(map(str, self.num_heads))}, {self.in_chans} channels")
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "SwinIRConfig":
+        if name not in SWINIR_VARIANTS:
+            raise ValueError(f"unknown restoration model {name!r}; choose one of swinkit.list_restoration_models(): "
+                             f"{list_restoration_models()}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(overrides) - set(valid)
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {valid}")
+        return cls(**{**SWINIR_VARIANTS[name]["config"], "name": name,
+                      **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SwinIRConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, s: str) -> "SwinIRConfig":
+        return cls.from_dict(json.loads(s))
+
+    @staticmethod
+    def is_restoration_dict(d) -> bool:
+        """Whether a config dict (a JSON beside the weights, safetensors metadata) describes a SwinIR / Swin2SR."""
+        return isinstance(d, dict) and "upsampler" in d and "upscale" in d and "model_type" not in d
+
+
+SWINIR_IDENTITY_FIELDS = ("version", "upscale", "in_chans", "window_size", "embed_dim", "depths", "num_heads",
+                          "mlp_ratio", "upsampler", "resi_connection", "img_range")
+_M = dict(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6)  # SwinIR-M / Swin2SR
+_S = dict(embed_dim=60, depths=(6,) * 4, num_heads=(6,) * 4)   # SwinIR-S (lightweight)
+_L = dict(embed_dim=240, depths=(6,) * 9, num_heads=(8,) * 9, resi_connection="3conv")  # SwinIR-L
+_DN = dict(upscale=1, upsampler="none", img_size=128)
+_CAR = dict(upscale=1, upsampler="none", img_size=126, window_size=7, img_range=255.0)
+
+
+def _sr(arch: dict, params=None, file=None, **kw) -> dict:
+    """A SWINIR_VARIANTS entry: config, the published params (M) and the official release file (or the
+    transformers model id of a Swin2SR)."""
+    return dict(config={**arch, **kw}, paper_params_m=params, file=file)
+
+
+# name -> config: the official SwinIR model zoo (main_test_swinir.py's define_model; files of
+# github.com/JingyunLiang/SwinIR/releases/tag/v0.0) and the Swin2SR models of transformers (caidas/swin2SR-*).
+# Published params: SwinIR paper, Table 3 (lightweight SR; it counts no relative position bias tables: 0.032M here)
+# and Table 2 / Fig. 1 (SwinIR-M, 11.8M at x4).
+SWINIR_VARIANTS: dict[str, dict] = {
+    **{f"swinir_classical_x{s}": _sr(_M, 11.8 if s == 4 else None, f"001_classicalSR_DF2K_s64w8_SwinIR-M_x{s}.pth",
+                                     upscale=s) for s in (2, 3, 4, 8)},
+    **{f"swinir_classical_x{s}_s48": _sr(_M, 11.8 if s == 4 else None,
+                                         f"001_classicalSR_DIV2K_s48w8_SwinIR-M_x{s}.pth", upscale=s, img_size=48)
+       for s in (2, 3, 4, 8)},
+    **{f"swinir_lightweight_x{s}": _sr(_S, p, f"002_lightweightSR_DIV2K_s64w8_SwinIR-S_x{s}.pth", upscale=s,
+                                       upsampler="pixelshuffledirect")
+       for s, p in ((2, 0.878), (3, 0.886), (4, 0.897))},
+    "swinir_real_x4": _sr(_M, None, "003_realSR_BSRGAN_DFO_s64w8_SwinIR-M_x4_GAN.pth", upscale=4,
+                          upsampler="nearest+conv"),
+    "swinir_real_x4_large": _sr(_L, None, "003_realSR_BSRGAN_DFOWMFC_s64w8_SwinIR-L_x4_GAN.pth", upscale=4,
+                                upsampler="nearest+conv"),
+    **{f"swinir_gray_dn_{n}": _sr(_M, None, f"004_grayDN_DFWB_s128w8_SwinIR-M_noise{n}.pth", in_chans=1, **_DN)
+       for n in (15, 25, 50)},
+    **{f"swinir_color_dn_{n}": _sr(_M, None, f"005_colorDN_DFWB_s128w8_SwinIR-M_noise{n}.pth", **_DN)
+       for n in (15, 25, 50)},
+    **{f"swinir_gray_jpeg_{q}": _sr(_M, None, f"006_CAR_DFWB_s126w7_SwinIR-M_jpeg{q}.pth", in_chans=1, **_CAR)
+       for q in (10, 20, 30, 40)},
+    **{f"swinir_color_jpeg_{q}": _sr(_M, None, f"006_colorCAR_DFWB_s126w7_SwinIR-M_jpeg{q}.pth", **_CAR)
+       for q in (10, 20, 30, 40)},
+    # Swin2SR (transformers' Swin2SRForImageSuperResolution configs; caidas/swin2SR-compressed-sr-x4-48 uses the
+    # pixelshuffle_aux head, not built here)
+    "swin2sr_classical_x2": _sr(_M, None, "caidas/swin2SR-classical-sr-x2-64", version=2, upscale=2),
+    "swin2sr_classical_x4": _sr(_M, None, "caidas/swin2SR-classical-sr-x4-64", version=2, upscale=4),
+    "swin2sr_lightweight_x2": _sr(_S, None, "caidas/swin2SR-lightweight-x2-64", version=2, upscale=2,
+                                  upsampler="pixelshuffledirect"),
+    "swin2sr_real_x4": _sr(_M, None, "caidas/swin2SR-realworld-sr-x4-64-bsrgan-psnr", version=2, upscale=4,
+                           upsampler="nearest+conv"),
+}
+
+
+def list_restoration_models() -> list[str]:
+    return list(SWINIR_VARIANTS)

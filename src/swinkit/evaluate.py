@@ -38,15 +38,34 @@ def _swinkit_checkpoint(path: Path, mmap: bool = False) -> dict | None:
     return ck if isinstance(ck, dict) and "model" in ck and "config" in ck else None
 
 
+def foreign_task(file: Path) -> str:
+    """The task of a checkpoint in another format (official, torchvision, ...), from its weights' layout: video,
+    restore, segment, else the default task."""
+    from .io.checkpoint import read_raw
+    from .io.convert import is_segmentation_state_dict
+    from .io.convert_swinir import is_swinir_state_dict
+    from .io.convert_unet import is_unet
+    from .io.convert_video import is_video_state_dict
+
+    sd = read_raw(file).state_dict
+    if is_video_state_dict(sd):
+        return "video"
+    if is_swinir_state_dict(sd):
+        return "restore"
+    return "segment" if is_segmentation_state_dict(sd) or is_unet(sd) else DEFAULT_TASK
+
+
 def task_of(path: str | Path) -> type[Task]:
-    """The task a checkpoint or run directory was trained for, without reading its weights (the default task
-    for foreign formats and for anything that cannot be read: loading then says what is wrong)."""
+    """The task a checkpoint or run directory was trained for (for a foreign format, from its weights' layout;
+    the default task for anything that cannot be read: loading then says what is wrong)."""
     try:
         path = Path(path)
         if path.is_dir() and (path / "config.json").is_file():
             name = json.loads((path / "config.json").read_text()).get("task")
         else:
-            name = (_swinkit_checkpoint(checkpoint_file(path), mmap=True) or {}).get("task")
+            file = checkpoint_file(path)
+            ck = _swinkit_checkpoint(file, mmap=True)
+            name = ck.get("task", DEFAULT_TASK) if ck else foreign_task(file)
     except Exception:  # noqa: BLE001 - only a hint for the flags; load_trained reports the real problem
         name = None
     return get_task(name if name in TASKS else DEFAULT_TASK)
@@ -54,10 +73,10 @@ def task_of(path: str | Path) -> type[Task]:
 
 def load_trained(path: str | Path) -> Loaded:
     """The model (eval mode, CPU) and the task's meta from a run directory (its best.pt), a swinkit training
-    checkpoint, or a file in another format that the default task (classify) reads."""
+    checkpoint, or a file in another format (its task from its weights' layout, see foreign_task)."""
     file = checkpoint_file(path)
     ck = _swinkit_checkpoint(file)
-    task = get_task(ck.get("task", DEFAULT_TASK) if ck else DEFAULT_TASK)
+    task = get_task(ck.get("task", DEFAULT_TASK) if ck else foreign_task(file))
     return task.load(file, ck)
 
 

@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import VARIANTS, SegmentationConfig, SwinConfig, VideoSwinConfig
-from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_named, load_video_into_named,
-                            read_backbone)
+from .config import VARIANTS, SegmentationConfig, SwinConfig, SwinIRConfig, VideoSwinConfig
+from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_named, load_restoration_into_named,
+                            load_video_into_named, read_backbone)
 from .models.backbone import SwinBackbone
 from .models.segmentation import SegmentationModel
 from .models.swin import SwinTransformer
+from .models.swinir import SwinIR
 from .models.video import VideoSwinTransformer
 
 
@@ -77,3 +78,16 @@ def create_video_model(name: str, pretrained: bool | str = False, checkpoint: st
         return load_video_into_named(name, checkpoint=checkpoint, pretrained=pretrained, inflate=inflate,
                                      num_classes=num_classes, **overrides)
     return VideoSwinTransformer(VideoSwinConfig.from_name(name, num_classes=num_classes, **overrides))
+
+
+def create_restoration_model(name: str, pretrained: bool | str = False, checkpoint: str | Path | None = None,
+                             **overrides) -> SwinIR:
+    """A named SwinIR / Swin2SR variant (swinkit.list_restoration_models(): swinir_classical_x4, swinir_color_dn_25,
+    swin2sr_classical_x2, ...); keyword overrides are SwinIRConfig fields (drop_path_rate=0.0, chunk_mb=512).
+
+    `checkpoint=PATH`: an official SwinIR file, a transformers Swin2SR directory or a swinkit file of this
+    architecture. `pretrained=True`: the official SwinIR release file of the variant (or a URL), downloaded once into
+    the torch.hub cache. A model with weights is returned in eval mode."""
+    if checkpoint is not None or pretrained:
+        return load_restoration_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
+    return SwinIR(SwinIRConfig.from_name(name, **overrides))

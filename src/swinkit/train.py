@@ -181,14 +181,19 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
 
 class WarmupCosine:
     """lr factor for LambdaLR, per optimiser update: linear warmup_lr -> lr over `warmup` updates, then cosine
-    lr -> min_lr until `total`."""
+    lr -> min_lr until `total`; or, with `milestones` (fractions of `total`), the lr times gamma at each one
+    passed (the step schedule of SwinIR's recipe)."""
 
-    def __init__(self, lr: float, warmup_lr: float, min_lr: float, warmup: int, total: int):
+    def __init__(self, lr: float, warmup_lr: float, min_lr: float, warmup: int, total: int,
+                 milestones: list[float] | None = None, gamma: float = 0.5):
         self.lr, self.warmup_lr, self.min_lr, self.warmup, self.total = lr, warmup_lr, min_lr, warmup, total
+        self.steps, self.gamma = None if milestones is None else [round(m * total) for m in milestones], gamma
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (self.warmup_lr + (self.lr - self.warmup_lr) * step / self.warmup) / self.lr
+        if self.steps is not None:
+            return self.gamma ** sum(step >= s for s in self.steps)
         t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return (self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))) / self.lr
 
@@ -330,11 +335,13 @@ class Trainer:
         scale = s.loader.batch_size * o.accum_steps * self.world / o.lr_base_size
         self.lrs = {"lr": o.lr * scale, "warmup_lr": s.schedule.warmup_lr * scale, "min_lr": s.schedule.min_lr * scale}
         groups = param_groups(model, self.lrs["lr"], o.weight_decay, o.layer_decay, o.backbone_lr_scale)
-        self.opt = torch.optim.AdamW(groups, lr=self.lrs["lr"], betas=(0.9, 0.999))
-        total = s.schedule.epochs * self.updates_per_epoch
-        warmup = min(round(s.schedule.warmup_epochs * self.updates_per_epoch), total)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, WarmupCosine(self.lrs["lr"], self.lrs["warmup_lr"], self.lrs["min_lr"], warmup, total))
+        self.opt = torch.optim.AdamW(groups, lr=self.lrs["lr"], betas=tuple(o.betas))
+        sc = s.schedule
+        total = sc.epochs * self.updates_per_epoch
+        warmup = min(round(sc.warmup_epochs * self.updates_per_epoch), total)
+        milestones = sc.milestones if sc.schedule == "step" else None
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, WarmupCosine(
+            self.lrs["lr"], self.lrs["warmup_lr"], self.lrs["min_lr"], warmup, total, milestones, sc.gamma))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _wrap(self, model: nn.Module) -> nn.Module:

@@ -25,16 +25,19 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from ..config import ALIASES, VARIANTS, SegmentationConfig, SwinConfig, VideoSwinConfig
+from ..config import ALIASES, SWINIR_VARIANTS, VARIANTS, SegmentationConfig, SwinConfig, SwinIRConfig, VideoSwinConfig
 from .convert import (FORMATS, SEG_BACKBONES, STRUCTURE, detect_format, effective_windows, from_swinkit,
                       infer_config, infer_segmentation_config, is_segmentation_state_dict, segmentation_from_swinkit,
                       segmentation_to_swinkit, to_swinkit)
+from .convert_swinir import (hf_swin2sr_config, infer_swinir_config, is_swinir_state_dict, swinir_fields_from_hf,
+                             swinir_from_swinkit, swinir_to_swinkit)
 from .convert_unet import is_unet, load_unet
 from .convert_video import (VIDEO_FORMATS, infer_video_config, inflate_state_dict, is_video_state_dict,
                             video_from_swinkit, video_to_swinkit)
 from ..models.backbone import SwinBackbone
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
+from ..models.swinir import SwinIR
 from ..models.video import VideoSwinTransformer
 
 
@@ -47,8 +50,8 @@ class CheckpointError(ValueError):
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
-MAIN_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
-EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "model_ema_state_dict", "ema_state_dict")
+MAIN_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "params")  # params: the SwinIR zoo's
+EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "model_ema_state_dict", "ema_state_dict", "params_ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
@@ -228,6 +231,8 @@ class Checkpoint:
 
 
 def _kind(cfg: SwinConfig) -> str:
+    if isinstance(cfg, SwinIRConfig):
+        return "SwinIR" if cfg.version == 1 else "Swin2SR"
     return "Video Swin" if isinstance(cfg, VideoSwinConfig) else f"Swin V{cfg.version}"
 
 
@@ -424,11 +429,18 @@ def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=No
     transfer the weights (window/resolution, num_classes, in_chans). `class_map`: class indices (or a file of
     them) selecting head rows, e.g. the official map22kto1k.txt. Returns the model in eval mode.
 
+    A SwinIR / Swin2SR checkpoint (official SwinIR `params` / `params_ema`, transformers' Swin2SR directory, swinkit)
+    gives a SwinIR (overrides: SwinIRConfig fields that keep the tensors' shapes, e.g. img_range, chunk_mb).
     A segmentation checkpoint (swinkit, official Swin-Transformer-Semantic-Segmentation, mmseg, transformers'
     UperNet) gives a SegmentationModel (see load_segmentation_model for its overrides), a Swin-UNet one (official
     or swinkit) a SwinUNet (see io.convert_unet.load_unet), a Video Swin one (official / mmaction2, torchvision's
     swin3d, swinkit) a VideoSwinTransformer (overrides: VideoSwinConfig fields that keep the tensors' shapes)."""
     raw = read_raw(path, use_ema)
+    if is_swinir_state_dict(raw.state_dict):
+        if class_map is not None:
+            raise CheckpointError(f"{path} is a SwinIR / Swin2SR restoration checkpoint: class_map selects classifier "
+                                  "rows of classification checkpoints only")
+        return build_restoration_model(read_restoration_checkpoint(path, strict=strict, raw=raw), strict, **overrides)
     if is_video_state_dict(raw.state_dict):
         overrides = _check_overrides(overrides, VideoSwinConfig)
         if class_map is not None:
@@ -561,6 +573,114 @@ def load_video_into_named(name: str, checkpoint=None, pretrained: bool | str = F
 
 
 # ----------------------------------------------------------------------------------------------------------
+# restoration checkpoints (SwinIR / Swin2SR)
+
+
+# what a restoration checkpoint's tensors fix (V2 computes its position bias from the window, so the window may change)
+RESTORATION_ARCHITECTURE = ("version", "upscale", "in_chans", "embed_dim", "depths", "num_heads", "mlp_ratio",
+                            "qkv_bias", "upsampler", "resi_connection", "num_feat")
+
+
+def _restoration_side_info(raw: RawCheckpoint) -> tuple[dict, bool]:
+    """(known SwinIRConfig fields, written by swinkit) from a training checkpoint's config, the safetensors metadata,
+    a swinkit JSON or transformers' config.json beside the weights."""
+    obj, meta = raw.obj, raw.meta
+    if isinstance(obj, dict) and SwinIRConfig.is_restoration_dict(obj.get("config")):
+        return obj["config"], True
+    if "swinkit_config" in meta and SwinIRConfig.is_restoration_dict(c := json.loads(meta["swinkit_config"])):
+        return c, True
+    for side in (raw.weights.with_suffix(".json"), raw.weights.parent / "config.json"):
+        try:
+            c = json.loads(side.read_text()) if side.exists() and side != raw.weights else None
+        except (OSError, json.JSONDecodeError):
+            continue
+        if SwinIRConfig.is_restoration_dict(c):
+            return c, True
+        if isinstance(c, dict) and c.get("model_type") == "swin2sr":
+            return swinir_fields_from_hf(c), False
+    return {}, False
+
+
+def read_restoration_checkpoint(path, use_ema: bool = False, strict: bool = True,
+                                raw: RawCheckpoint | None = None) -> Checkpoint:
+    """Read a SwinIR / Swin2SR checkpoint (official, transformers, swinkit) into swinkit's layout, with its config
+    from the file's side information where there is one, else inferred from the weights."""
+    raw = raw or read_raw(path, use_ema)
+    try:
+        known, ours = _restoration_side_info(raw)
+        imp = swinir_to_swinkit(raw.state_dict, strict=strict)
+        cfg, guessed = infer_swinir_config(imp.state_dict, imp.buffers, known, raw.weights.name)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
+    return Checkpoint(raw.path, "swinkit" if ours else imp.format, imp.state_dict, cfg, guessed, None,
+                      imp.unknown, [])
+
+
+def _restoration_target_config(src: SwinIRConfig, overrides: dict, base: SwinIRConfig | None = None) -> SwinIRConfig:
+    """The restoration model to build: `base` (a named variant) or the checkpoint's config, with `overrides`; the
+    fields the tensors fix must stay the checkpoint's."""
+    overrides = _check_overrides(overrides, SwinIRConfig)
+    cfg = SwinIRConfig.from_dict({**(base or src).to_dict(), **overrides})
+    fixed = RESTORATION_ARCHITECTURE + (("window_size",) if src.version == 1 else ())
+    wrong = [k for k in fixed if getattr(cfg, k) != getattr(src, k)]
+    if wrong:
+        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
+        todo = ("load it without a model name, with swinkit.load_model(path), or pick a matching variant"
+                if base is not None else "these fields fix the shapes of its tensors: keep the checkpoint's")
+        raise CheckpointError(f"the restoration checkpoint is a different architecture: {diff}; {todo}")
+    return cfg
+
+
+def build_restoration_model(ckpt: Checkpoint, strict: bool = True, base: SwinIRConfig | None = None,
+                            **overrides) -> SwinIR:
+    """A SwinIR holding the checkpoint's weights, in eval mode."""
+    cfg = _restoration_target_config(ckpt.config, overrides, base)
+    if "window_size" in ckpt.guessed and "window_size" not in overrides and base is None:
+        warnings.warn(f"{ckpt.describe()} does not record its window size (Swin2SR stores no position table); "
+                      f"assuming {cfg.window_size}. Pass window_size=... if it was trained with another.", stacklevel=3)
+    with torch.device("meta"):
+        model = SwinIR(cfg)
+    own, sd = model.state_dict(), ckpt.state_dict
+    _check_shapes(ckpt, sd, own)
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if missing or unexpected:
+        msg = f"{ckpt.describe()}: missing keys {missing[:12]}, unexpected keys {unexpected[:12]}"
+        if strict:
+            raise CheckpointError(msg + " (load with strict=False to accept this)")
+        warnings.warn(msg, stacklevel=3)
+        model = SwinIR(cfg)
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    else:
+        model.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()}, assign=True)
+        model.mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)  # a buffer the state dict does not hold
+    return model.eval()
+
+
+def load_restoration_into_named(name: str, checkpoint=None, pretrained: bool | str = False,
+                                **overrides) -> SwinIR:
+    """create_restoration_model(name, checkpoint=... | pretrained=True): the named variant with a checkpoint's
+    weights (the official SwinIR release file for pretrained=True, or the URL given as pretrained='https://...').
+    The real-world variants take the file's EMA weights (params_ema) where it has them, as the official test does."""
+    strict = overrides.pop("strict", True)
+    use_ema = overrides.pop("use_ema", None)
+    base = SwinIRConfig.from_name(name, **overrides)
+    if checkpoint is None:
+        checkpoint = download_pretrained(name, pretrained if isinstance(pretrained, str) else None)
+    raw = read_raw(checkpoint)
+    if use_ema is None:
+        use_ema = name.startswith("swinir_real") and isinstance(raw.obj, dict) and "params_ema" in raw.obj
+    if use_ema:
+        raw = read_raw(checkpoint, use_ema=True)
+    if not is_swinir_state_dict(raw.state_dict):
+        raise CheckpointError(f"{checkpoint} is not a SwinIR / Swin2SR checkpoint (no conv_first.weight or "
+                              f"swin2sr.first_convolution.weight); {name} needs one")
+    ckpt = read_restoration_checkpoint(checkpoint, strict=strict, raw=raw)
+    if "window_size" in ckpt.guessed:  # Swin2SR: the variant's window, not a guess
+        ckpt.config = dataclasses.replace(ckpt.config, window_size=base.window_size)
+    return build_restoration_model(ckpt, strict, base, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # saving
 
 
@@ -638,11 +758,15 @@ def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", clas
     """Write a swinkit state dict as format `fmt`: hf -> a directory (config.json + model.safetensors);
     others -> `path` as .pth/.pt/.bin (torch.save; official wrapped in {"model": ...}) or safetensors. A video
     model (VideoSwinConfig) converts to official / mmaction2 ({"state_dict": {"backbone.*", "cls_head.*"}}) or
-    torchvision (swin3d's state dict)."""
+    torchvision (swin3d's state dict); a restoration model (SwinIRConfig) to official ({"params": ...}) or hf."""
     path = Path(path)
     if fmt == "swinkit":
         save_state_dict(sd, cfg, path, class_names)
         return path
+    if isinstance(cfg, SwinIRConfig):  # official: {"params": ...} as the SwinIR zoo; hf: a transformers directory
+        out = swinir_from_swinkit(sd, fmt, cfg)
+        return _write_converted(out, path, hf_swin2sr_config(cfg) if fmt == "hf" else None,
+                                lambda sd: {"params": sd})
     if isinstance(cfg, VideoSwinConfig):
         out = video_from_swinkit(sd, fmt, cfg)
         return _write_converted(out, path, None, lambda sd: sd if fmt == "torchvision" else {"state_dict": sd})
@@ -698,6 +822,12 @@ VIDEO_PRETRAINED = {
     "video_swin_b": (_PT + "swin3d_b_1k-24f7c7c6.pth", "sha256:24f7c7c6"),
 }
 
+_SWINIR = "https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/"
+# restoration name -> (URL, checksum): the official SwinIR model zoo (no published checksums). The Swin2SR variants
+# have no entry: their weights are transformers directories (load them with checkpoint=DIR).
+RESTORATION_PRETRAINED = {n: (_SWINIR + v["file"], None) for n, v in SWINIR_VARIANTS.items()
+                          if v["file"].endswith(".pth")}
+
 
 def _digest(path: Path, algo: str) -> str:
     h = hashlib.new(algo)
@@ -711,7 +841,7 @@ def download_pretrained(name: str, url: str | None = None) -> Path:
     """The official weights of variant `name` (or `url`), downloaded once through torch.hub into its cache
     (torch.hub.get_dir()/checkpoints) and checked against the known checksum."""
     name = ALIASES.get(name, name)
-    releases = {**PRETRAINED, **VIDEO_PRETRAINED}
+    releases = {**PRETRAINED, **VIDEO_PRETRAINED, **RESTORATION_PRETRAINED}
     checksum = None
     if url is None:
         if name not in releases:
@@ -721,7 +851,8 @@ def download_pretrained(name: str, url: str | None = None) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    maker = "create_video_model" if name in VIDEO_PRETRAINED else "create_model"
+    maker = ("create_video_model" if name in VIDEO_PRETRAINED else
+             "create_restoration_model" if name in RESTORATION_PRETRAINED else "create_model")
     try:
         torch.hub.download_url_to_file(url, str(path), progress=sys.stderr.isatty())
     except OSError as e:  # URLError, HTTPError, connection refused, no DNS

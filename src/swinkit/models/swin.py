@@ -42,7 +42,43 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class SwinTransformer(nn.Module):
+class SwinLayers:
+    """What every model whose `layers` are stages of Swin blocks shares (SwinTransformer, SwinIR): the official
+    initialisation and the timm-style switches over all its blocks."""
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def blocks(self) -> list[SwinBlock]:
+        return [blk for layer in self.layers for blk in layer.blocks]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: position tables and embeddings, V2 logit scale and CPB
+        MLP, norms and biases."""
+        keys = ("absolute_pos_embed", "relative_position_bias_table", "logit_scale", "cpb_mlp")
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or any(k in n for k in keys)}
+
+    def set_inference_path(self, path: str) -> None:
+        """"auto" | "windows" | "plain": which forward path eval without grad takes (see SwinBlock)."""
+        if path not in INFERENCE_PATHS:
+            raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {path!r}")
+        self.cfg.inference_path = path
+        for blk in self.blocks():
+            blk.inference_path = path
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+
+class SwinTransformer(SwinLayers, nn.Module):
     """Swin Transformer V1/V2 classifier and backbone. Input (B, in_chans, H, W) of any H, W >= patch_size."""
 
     def __init__(self, cfg: SwinConfig):
@@ -71,41 +107,8 @@ class SwinTransformer(nn.Module):
                     nn.init.zeros_(norm.weight)
                     nn.init.zeros_(norm.bias)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def blocks(self) -> list[SwinBlock]:
-        return [blk for layer in self.layers for blk in layer.blocks]
-
-    # ---- the timm-style interface
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay: position tables and embeddings, V2 logit scale and CPB
-        MLP, norms and biases."""
-        keys = ("absolute_pos_embed", "relative_position_bias_table", "logit_scale", "cpb_mlp")
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or any(k in n for k in keys)}
-
-    def set_inference_path(self, path: str) -> None:
-        """"auto" | "windows" | "plain": which forward path eval without grad takes (see SwinBlock)."""
-        if path not in INFERENCE_PATHS:
-            raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {path!r}")
-        self.cfg.inference_path = path
-        for blk in self.blocks():
-            blk.inference_path = path
-
     def extra_repr(self) -> str:
         return f"window_mode={self.cfg.window_mode!r}, inference_path={self.cfg.inference_path!r}"
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for layer in self.layers:
-            layer.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = self.cfg.num_classes = num_classes

@@ -56,7 +56,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., C)."""
-        tokens = int(self.chunk_mb * 2**20 // (2 * self.fc1.out_features * x.element_size()))  # hidden + GELU
+        tokens = max(1, int(self.chunk_mb * 2**20 // (2 * self.fc1.out_features * x.element_size())))  # hidden + GELU
         if x.numel() // x.shape[-1] <= tokens:
             return self._mlp(x)
         flat = x.reshape(-1, x.shape[-1])

@@ -10,6 +10,7 @@ TASKS: dict[str, str | type[Task]] = {  # name -> "module:class" (or the class i
     "classify": "swinkit.tasks.classify:ClassifyTask",
     "segment": "swinkit.tasks.segment:SegmentTask",
     "video": "swinkit.tasks.video:VideoTask",
+    "restore": "swinkit.tasks.restore:RestoreTask",
 }
 DEFAULT_TASK = "classify"
 

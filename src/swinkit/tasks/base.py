@@ -112,16 +112,22 @@ class OptimSettings:
     backbone_lr_scale: float = setting(1.0, "lr factor of the Swin backbone (every parameter of a Swin but its "
                                             "classifier head); fine-tuning recipes such as Video Swin's use 0.1")
     clip_grad: float = setting(5.0, "max grad norm (0 = off)")
+    betas: list[float] = setting([0.9, 0.999], "AdamW betas", nargs=2)
     accum_steps: int = setting(1, "gradient accumulation steps")
 
 
 @dataclass
 class ScheduleSettings:
-    """Linear warmup from warmup_lr to lr, then cosine to min_lr, stepped every update."""
+    """Linear warmup from warmup_lr to lr, then cosine to min_lr (or steps), stepped every update."""
     epochs: int = setting(300)
-    warmup_epochs: float = setting(20.0, "linear warmup, then cosine per iteration")
+    warmup_epochs: float = setting(20.0, "linear warmup, then the schedule per iteration")
     warmup_lr: float = setting(5e-7)
-    min_lr: float = setting(5e-6)
+    min_lr: float = setting(5e-6, "cosine: the final lr")
+    schedule: str = setting("cosine", "after warmup: cosine to --min-lr, or step: the lr times --gamma at each of "
+                                      "--milestones", choices=["cosine", "step"])
+    milestones: list[float] = setting([0.5, 0.8, 0.9, 0.95], "step: where the lr drops, as fractions of the run",
+                                      nargs="+")
+    gamma: float = setting(0.5, "step: lr factor at each milestone")
 
 
 @dataclass

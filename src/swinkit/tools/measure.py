@@ -7,10 +7,11 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..config import (ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS, SegmentationConfig, SwinConfig,
-                      SwinUNetConfig, VideoSwinConfig)
+from ..config import (ALIASES, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
+                      SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
+from ..models.swinir import SwinIR
 from ..models.unet import SwinUNet
 from ..models.video import VideoSwinTransformer
 
@@ -86,6 +87,17 @@ def measure_video_variant(name: str, **overrides) -> dict:
                 paper_params_m=VIDEO_VARIANTS[name]["paper_params_m"], paper_gmacs=VIDEO_VARIANTS[name]["paper_gmacs"])
 
 
+def measure_restoration_variant(name: str, size: tuple[int, int] = (64, 64), **overrides) -> dict:
+    """Restoration variant `name` built on the meta device: parameters and the MACs of one low-quality input of
+    `size` (64 x 64 by default; the output is upscale times larger)."""
+    cfg = SwinIRConfig.from_name(name, **overrides)
+    with torch.device("meta"):
+        model = SwinIR(cfg)
+    return dict(name=name, task="restoration", version=cfg.version, size=list(size), window=cfg.window_size,
+                upscale=cfg.upscale, params_m=count_params(model) / 1e6, gmacs=count_macs(model.eval(), size) / 1e9,
+                paper_params_m=SWINIR_VARIANTS[name]["paper_params_m"], paper_gmacs=None)
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--aliases", action="store_true", help="also list the short aliases (swin_t, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -97,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     seg_rows = [measure_segmentation_variant(n) for n in SEG_VARIANTS]
     unet_rows = [measure_unet_variant(n) for n in UNET_VARIANTS]
     video_rows = [measure_video_variant(n) for n in VIDEO_VARIANTS]
+    restoration_rows = [measure_restoration_variant(n) for n in SWINIR_VARIANTS]
     if args.json:
-        for r in rows + seg_rows + unet_rows + video_rows:
+        for r in rows + seg_rows + unet_rows + video_rows + restoration_rows:
             print(json.dumps(r))
         return 0
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -115,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
                  "published params or FLOPs")
     _print_sized("video model", video_rows, "GMACs = one T x H x W view; paper = the official Video-Swin-Transformer "
                  "README (Kinetics-400 rows; SSv2: Swin-B); torchvision's swin3d_t / s / b are video_swin_t / s / b")
+    _print_sized("restoration model (SwinIR / Swin2SR)", restoration_rows,
+                 "GMACs = one 64x64 low-quality input (the output is upscale times larger); paper = SwinIR paper, "
+                 "which counts no relative position bias tables (0.03-0.05M here)")
     return 0
 
 
