@@ -8,13 +8,12 @@ package and is not installed here, so it is not measured.
     .venv/bin/python benchmarks/restore_speed.py --large 1024x4       # plus a whole-image row (minutes)
     .venv/bin/python benchmarks/restore_speed.py --no-paired --large 2048x2 --csv benchmarks/restore_speed_large.csv
 
-Prints the table and writes benchmarks/restore_speed.csv (or --csv). peak_mb: the peak RSS of the timed call above the RSS
-once model and input are built (one call, no warm-up: a user restores an image once).
+Prints the table and writes benchmarks/restore_speed.csv (or --csv). peak_mb: the peak RSS of the timed call above
+the RSS once model and input are built (one call, no warm-up: a user restores an image once).
 """
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,12 +52,6 @@ def worker(spec: dict) -> None:
     result = {"s_per_image": seconds, "peak_mb": peak / 2**20, "out": list(out.shape), "corner": out[0, :, :2, :2]
               .flatten().tolist()}
     print(bench.RESULT_TAG + json.dumps(result), flush=True)
-
-
-def measure(spec: dict) -> dict:
-    from swinkit.tools import bench
-
-    return bench.run_isolated([sys.executable, __file__, "--worker", json.dumps(spec)])
 
 
 def main() -> None:
@@ -101,7 +94,7 @@ def main() -> None:
             lib, name, size, weights = case
             if r and name.startswith("swinir"):  # the whole-image rows once: minutes each
                 continue
-            res = measure(dict(lib=lib, size=size, weights=weights, threads=args.threads))
+            res = bench.run_worker(__file__, dict(lib=lib, size=size, weights=weights, threads=args.threads))
             print(f"repeat {r + 1}: {lib} {name} {size}x{size}: "
                   f"{ {k: v for k, v in res.items() if k != 'corner'} }", flush=True)
             results[case].append(res)

@@ -11,7 +11,6 @@ once model and input are built (what `swinkit bench` reports).
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,12 +50,6 @@ def worker(spec: dict) -> None:
     print(bench.RESULT_TAG + json.dumps({"s_per_step": statistics.median(times), "peak_mb": peak / 2**20}), flush=True)
 
 
-def measure(spec: dict) -> dict:
-    from swinkit.tools import bench
-
-    return bench.run_isolated([sys.executable, __file__, "--worker", json.dumps(spec)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -82,7 +75,7 @@ def main() -> None:
     results = {c: [] for c in cases}
     for r in range(args.repeats):
         for lib, size, batch in cases:
-            res = measure({**common, "lib": lib, "size": size, "batch": batch})
+            res = bench.run_worker(__file__, {**common, "lib": lib, "size": size, "batch": batch})
             print(f"repeat {r + 1}: {lib} {size[0]}x{size[1]} b{batch}: {res}", flush=True)
             results[(lib, size, batch)].append(res)
     rows = []

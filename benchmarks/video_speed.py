@@ -13,7 +13,6 @@ torchvision's state dict through swinkit.load_model, so both run the same weight
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,12 +56,6 @@ def worker(spec: dict) -> None:
     print(bench.RESULT_TAG + json.dumps(result), flush=True)
 
 
-def measure(spec: dict) -> dict:
-    from swinkit.tools import bench
-
-    return bench.run_isolated([sys.executable, __file__, "--worker", json.dumps(spec)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -85,7 +78,8 @@ def main() -> None:
     results = {c: [] for c in cases}
     for r in range(args.repeats):
         for lib, frames in cases:
-            res = measure(dict(lib=lib, frames=frames, threads=args.threads, iters=args.iters, weights=str(weights)))
+            spec = dict(lib=lib, frames=frames, threads=args.threads, iters=args.iters, weights=str(weights))
+            res = bench.run_worker(__file__, spec)
             print(f"repeat {r + 1}: {lib} 1x3x{frames}x224x224: "
                   f"{ {k: v for k, v in res.items() if k != 'logits'} }", flush=True)
             results[(lib, frames)].append(res)

@@ -491,6 +491,17 @@ VIDEO_ARCHITECTURE = ("patch_size", "embed_dim", "depths", "num_heads", "window_
                       "pos_embed")  # what a video checkpoint's tensors fix (its bias tables are not resized)
 
 
+def _check_architecture(src, cfg, fields: tuple[str, ...], kind: str, named: bool) -> None:
+    """Raise when `cfg` (the model to build) differs from `src` (the checkpoint's config) in a field that fixes
+    the shapes of its tensors."""
+    wrong = [k for k in fields if getattr(cfg, k) != getattr(src, k)]
+    if wrong:
+        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
+        todo = ("load it without a model name, with swinkit.load_model(path), or pick a matching variant"
+                if named else "these fields fix the shapes of its tensors: keep the checkpoint's")
+        raise CheckpointError(f"the {kind} checkpoint is a different architecture: {diff}; {todo}")
+
+
 def read_video_checkpoint(path, use_ema: bool = False, strict: bool = True,
                           raw: RawCheckpoint | None = None) -> Checkpoint:
     """Read a Video Swin checkpoint (official / mmaction2, torchvision, swinkit) into swinkit's layout, with the
@@ -517,12 +528,7 @@ def _video_target_config(src: VideoSwinConfig, overrides: dict, base: VideoSwinC
     if base is not None:
         d.update({k: getattr(src, k) for k in ("num_classes", "in_chans", "mask_padding", "clamped_bias")})
     cfg = VideoSwinConfig.from_dict({**d, **overrides})
-    wrong = [k for k in VIDEO_ARCHITECTURE if getattr(cfg, k) != getattr(src, k)]
-    if wrong:
-        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
-        todo = ("load it without a model name, with swinkit.load_model(path), or pick a matching variant"
-                if base is not None else "these fields fix the shapes of its tensors: keep the checkpoint's")
-        raise CheckpointError(f"the video checkpoint is a different architecture: {diff}; {todo}")
+    _check_architecture(src, cfg, VIDEO_ARCHITECTURE, "video", named=base is not None)
     return cfg
 
 
@@ -622,12 +628,7 @@ def _restoration_target_config(src: SwinIRConfig, overrides: dict, base: SwinIRC
     overrides = _check_overrides(overrides, SwinIRConfig)
     cfg = SwinIRConfig.from_dict({**(base or src).to_dict(), **overrides})
     fixed = RESTORATION_ARCHITECTURE + (("window_size",) if src.version == 1 else ())
-    wrong = [k for k in fixed if getattr(cfg, k) != getattr(src, k)]
-    if wrong:
-        diff = ", ".join(f"{k}={getattr(src, k)} (model: {getattr(cfg, k)})" for k in wrong)
-        todo = ("load it without a model name, with swinkit.load_model(path), or pick a matching variant"
-                if base is not None else "these fields fix the shapes of its tensors: keep the checkpoint's")
-        raise CheckpointError(f"the restoration checkpoint is a different architecture: {diff}; {todo}")
+    _check_architecture(src, cfg, fixed, "restoration", named=base is not None)
     return cfg
 
 

@@ -296,6 +296,11 @@ def measure_isolated(spec: dict, timeout: float | None = None) -> dict:
                         _child_env(spec["lib"], spec["threads"]))
 
 
+def run_worker(script: str | Path, spec: dict) -> dict:
+    """A benchmark script's own worker mode, `python SCRIPT --worker JSON(spec)`, in a fresh process (run_isolated)."""
+    return run_isolated([sys.executable, str(script), "--worker", json.dumps(spec)])
+
+
 def run_isolated(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
     """Run `cmd` in a fresh process and return the JSON of its last stdout line starting with RESULT_TAG (what a
     benchmark worker prints); {"error": why} when it fails, is killed or times out."""
