@@ -28,3 +28,27 @@ def tiny_config(**overrides):
               img_size=64, drop_path_rate=0.0)
     kw.update(overrides)
     return SwinConfig(**kw)
+
+
+def color_folder(root, n_train: int, n_val: int):
+    """3 classes (blue, green, red noisy squares) x n_train / n_val images of 16x16 in root/{train,val}/<class>."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, name in enumerate(("blue", "green", "red")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
+                img[..., 2 - c] += 140
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def keep_threads():
+    """Restore torch's thread count after a test that trains with --threads."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

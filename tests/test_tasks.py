@@ -283,9 +283,9 @@ def test_a_new_task_trains_in_the_loop_and_eval_and_predict_read_it(tmp_path, mo
 
 
 def test_a_checkpoint_of_an_unknown_task_is_a_clear_error(tmp_path, capsys):
-    torch.save({"task": "detect", "model": {}, "config": {}}, tmp_path / "best.pt")
+    torch.save({"task": "telepathy", "model": {}, "config": {}}, tmp_path / "best.pt")
     assert main(["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 1
-    assert f"error: unknown task 'detect'; expected one of {list(TASKS)}" in capsys.readouterr().err
+    assert f"error: unknown task 'telepathy'; expected one of {list(TASKS)}" in capsys.readouterr().err
 
 
 def test_backbone_lr_scale_leaves_heads_at_full_lr():

@@ -10,12 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import swinkit
+from conftest import color_folder
 from swinkit import train as train_mod
 from swinkit.cli import main
 from swinkit.config import SwinConfig
@@ -33,23 +32,10 @@ SRC = Path(swinkit.__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """3 classes (red, green, blue-ish noisy squares) x 16 train / 4 val images, 16x16."""
-    root = tmp_path_factory.mktemp("colors")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 4)):
-        for c, name in enumerate(("blue", "green", "red")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 90, (16, 16, 3), dtype=np.uint8)
-                img[..., 2 - c] += 140
-                Image.fromarray(img).save(root / split / name / f"{i}.png")
-    return root
+    return color_folder(tmp_path_factory.mktemp("colors"), 16, 4)
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def train(folder, out, *extra) -> int:

@@ -15,11 +15,14 @@ from .allocator import tune_unless_disabled
 
 COMMANDS = {  # name -> (module, help)
     "models": ("swinkit.tools.measure", "list every variant with measured parameters and FLOPs"),
-    "train": ("swinkit.train", "train or fine-tune a model for a task (--task classify|segment|video|restore; "
+    "train": ("swinkit.train", "train or fine-tune a model for a task (--task classify|segment|detect|video|restore; "
                                "classify and video with no --data train on the embedded digits)"),
     "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on a dataset (its task from the checkpoint)"),
     "restore": ("swinkit.restore", "super-resolve, denoise or de-JPEG images with a SwinIR / Swin2SR model"),
-    "predict": ("swinkit.predict", "predict for image files or clips with a checkpoint (class probabilities, masks)"),
+    "predict": ("swinkit.predict", "predict for image files or clips with a checkpoint (class probabilities, masks, "
+                                   "detections)"),
+    "export": ("swinkit.tools.export", "export a model to ONNX / torch.export (pt2) / TorchScript, verified against "
+                                       "onnxruntime, preprocessing in the metadata"),
     "inspect": ("swinkit.io.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
     "convert": ("swinkit.io.checkpoint", "convert a checkpoint between formats"),
     "bench": ("swinkit.tools.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),

@@ -224,8 +224,76 @@ def list_models() -> list[str]:
 SEG_HEADS = ("upernet", "fpn")
 
 
+class DenseConfig:
+    """What the configs of a Swin backbone with heads share (segmentation, detection): the backbone as a variant
+    name, a SwinConfig dict (both get window_mode="pad", the dense-prediction codebases' behaviour, unless the dict
+    says otherwise) or a SwinConfig used as it is, never with a classifier; named variants in `variants()`, whose
+    entries hold the config and the backbone's overrides; JSON round trips."""
+
+    backbone: Any
+
+    @classmethod
+    def variants(cls) -> dict[str, dict]:
+        raise NotImplementedError
+
+    def _coerce_backbone(self) -> None:
+        if isinstance(self.backbone, str):
+            self.backbone = SwinConfig.from_name(self.backbone, window_mode="pad")
+        elif isinstance(self.backbone, dict):
+            self.backbone = SwinConfig.from_dict({"window_mode": "pad", **self.backbone})
+        elif not isinstance(self.backbone, SwinConfig):
+            raise ValueError(f"backbone must be a variant name, a SwinConfig or its dict, got "
+                             f"{type(self.backbone).__name__}")
+        if self.backbone.num_classes:
+            self.backbone = dataclasses.replace(self.backbone, num_classes=0)
+
+    @property
+    def in_chans(self) -> int:
+        return self.backbone.in_chans
+
+    @classmethod
+    def from_name(cls, name: str, **overrides):
+        """A named variant. Keyword overrides are fields of this config (num_classes=11) or, for the rest,
+        SwinConfig fields of the backbone (drop_path_rate=0.2, window_mode="clamp")."""
+        table = cls.variants()
+        if name not in table:
+            raise ValueError(f"unknown {cls.__name__[:-6].lower()} model {name!r}; choose one of {list(table)}")
+        own = {f.name for f in dataclasses.fields(cls)}
+        swin = {f.name for f in dataclasses.fields(SwinConfig)}
+        unknown = set(overrides) - own - swin
+        if unknown:
+            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {cls.__name__} fields "
+                            f"{sorted(own)} or backbone (SwinConfig) fields {sorted(swin - own)}")
+        entry = table[name]["config"]
+        mine = {k: v for k, v in overrides.items() if k not in own and v is not None}  # backbone fields
+        backbone = overrides.get("backbone") or entry["backbone"]
+        if isinstance(backbone, str):
+            backbone = SwinConfig.from_name(backbone, **{"window_mode": "pad", **entry["backbone_overrides"], **mine})
+        elif mine:
+            raise TypeError(f"backbone fields {sorted(mine)} can only override a backbone given by name; set them "
+                            "in the SwinConfig passed as backbone=")
+        kwargs = {k: v for k, v in entry.items() if k != "backbone_overrides"}
+        kwargs.update({k: v for k, v in overrides.items() if k in own and v is not None})
+        return cls(**{**kwargs, "name": name, "backbone": backbone})
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_json(cls, s: str):
+        return cls.from_dict(json.loads(s))
+
+
 @dataclass
-class SegmentationConfig:
+class SegmentationConfig(DenseConfig):
     """A Swin backbone (all stages, each normalised) and a decode head, plus an auxiliary FCN head that only
     training uses. Saved beside every segmentation checkpoint, like SwinConfig."""
 
@@ -248,15 +316,7 @@ class SegmentationConfig:
     out_norms: bool = True                # a LayerNorm per backbone output (transformers' Swinv2Backbone: none)
 
     def __post_init__(self):
-        if isinstance(self.backbone, str):
-            self.backbone = SwinConfig.from_name(self.backbone, window_mode="pad")
-        elif isinstance(self.backbone, dict):
-            self.backbone = SwinConfig.from_dict({"window_mode": "pad", **self.backbone})
-        elif not isinstance(self.backbone, SwinConfig):
-            raise ValueError(f"backbone must be a variant name, a SwinConfig or its dict, got "
-                             f"{type(self.backbone).__name__}")
-        if self.backbone.num_classes:
-            self.backbone = dataclasses.replace(self.backbone, num_classes=0)
+        self._coerce_backbone()
         self.pool_scales = tuple(int(s) for s in self.pool_scales)
         n = len(self.backbone.depths)
         if self.head not in SEG_HEADS:
@@ -275,48 +335,9 @@ class SegmentationConfig:
         if not -1 <= self.frozen_stages <= n:
             raise ValueError(f"frozen_stages must be in [-1, {n}] (-1: nothing frozen), got {self.frozen_stages}")
 
-    @property
-    def in_chans(self) -> int:
-        return self.backbone.in_chans
-
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "SegmentationConfig":
-        """A named segmentation variant. Keyword overrides are SegmentationConfig fields (num_classes=11) or, for
-        the rest, SwinConfig fields of the backbone (drop_path_rate=0.2, window_mode="clamp")."""
-        if name not in SEG_VARIANTS:
-            raise ValueError(f"unknown segmentation model {name!r}; choose one of {list(SEG_VARIANTS)}")
-        own = {f.name for f in dataclasses.fields(cls)}
-        swin = {f.name for f in dataclasses.fields(SwinConfig)}
-        unknown = set(overrides) - own - swin
-        if unknown:
-            raise TypeError(f"unknown config fields {sorted(unknown)}; valid: SegmentationConfig fields "
-                            f"{sorted(own)} or backbone (SwinConfig) fields {sorted(swin - own)}")
-        entry = SEG_VARIANTS[name]["config"]
-        mine = {k: v for k, v in overrides.items() if k not in own and v is not None}  # backbone fields
-        backbone = overrides.get("backbone") or entry["backbone"]
-        if isinstance(backbone, str):
-            backbone = SwinConfig.from_name(backbone, **{"window_mode": "pad", **entry["backbone_overrides"], **mine})
-        elif mine:
-            raise TypeError(f"backbone fields {sorted(mine)} can only override a backbone given by name; set them "
-                            "in the SwinConfig passed as backbone=")
-        kwargs = {k: v for k, v in entry.items() if k != "backbone_overrides"}
-        kwargs.update({k: v for k, v in overrides.items() if k in own and v is not None})
-        return cls(**{**kwargs, "name": name, "backbone": backbone})
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegmentationConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    @classmethod
-    def from_json(cls, s: str) -> "SegmentationConfig":
-        return cls.from_dict(json.loads(s))
+    def variants(cls) -> dict[str, dict]:
+        return SEG_VARIANTS
 
     @staticmethod
     def is_segmentation_dict(d: dict) -> bool:
@@ -348,6 +369,90 @@ SEG_VARIANTS: dict[str, dict] = {
 
 def list_segmentation_models() -> list[str]:
     return list(SEG_VARIANTS)
+
+
+# ==========================================================================================================
+# Detection: torchvision's detectors on a Swin backbone with torchvision's FPN (models/detection.py)
+
+DETECTORS = ("maskrcnn", "fasterrcnn", "retinanet", "fcos")
+
+
+@dataclass
+class DetectionConfig(DenseConfig):
+    """A torchvision detector (Mask R-CNN, Faster R-CNN, RetinaNet, FCOS) on a Swin backbone and torchvision's
+    FeaturePyramidNetwork. Two-stage detectors take all 4 stages (P2-P5) plus a max-pooled P6; RetinaNet and FCOS
+    stages 1-3 (P3-P5) plus P6 / P7 from the last stage's output (mmdet's add_extra_convs="on_input"). Anchors,
+    RoI pooling and level mapping are torchvision's defaults for these levels."""
+
+    name: str = "custom"
+    detector: str = "maskrcnn"
+    backbone: Any = "swin_t"
+    num_classes: int = 80                 # object classes; torchvision's label 0 is the background, so 1..num_classes
+    fpn_channels: int = 256
+    min_size: int = 800                   # GeneralizedRCNNTransform: evaluation shorter side ...
+    max_size: int = 1333                  # ... and longer-side cap
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # GeneralizedRCNNTransform normalises [0, 1] RGB inputs
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)   # with these (ImageNet's, as the backbones were trained)
+    frozen_stages: int = -1               # mmdet semantics: -1 none, 0 patch embedding, k > 0 also stages < k
+    frozen_norms: bool = False            # the backbone's LayerNorms take no gradient (affine parameters fixed)
+    score_thresh: float = 0.05            # detections kept at inference (torchvision's defaults)
+    detections_per_img: int = 100
+    rpn_proposals: tuple[int, int] = (2000, 1000)  # R-CNN: proposals kept after the RPN's NMS (training, inference)
+    roi_batch: int = 512                  # R-CNN: RoIs sampled per training image for the box (and mask) head
+
+    def __post_init__(self):
+        self._coerce_backbone()
+        self.image_mean, self.image_std = tuple(map(float, self.image_mean)), tuple(map(float, self.image_std))
+        self.rpn_proposals = tuple(int(v) for v in self.rpn_proposals)
+        n = len(self.backbone.depths)
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if n < 4:
+            raise ValueError(f"a detector needs a 4-stage backbone (P2-P5 / P3-P5), got {n} stages")
+        for field_, v in (("num_classes", self.num_classes), ("fpn_channels", self.fpn_channels),
+                          ("min_size", self.min_size), ("max_size", self.max_size),
+                          ("detections_per_img", self.detections_per_img), ("roi_batch", self.roi_batch),
+                          ("rpn_proposals", min(self.rpn_proposals))):
+            if v < 1:
+                raise ValueError(f"{field_} must be >= 1, got {v}")
+        if not -1 <= self.frozen_stages <= n:
+            raise ValueError(f"frozen_stages must be in [-1, {n}] (-1: nothing frozen), got {self.frozen_stages}")
+
+    @classmethod
+    def variants(cls) -> dict[str, dict]:
+        return DET_VARIANTS
+
+    @property
+    def out_indices(self) -> tuple[int, ...]:
+        return (0, 1, 2, 3) if self.detector in ("maskrcnn", "fasterrcnn") else (1, 2, 3)
+
+    @staticmethod
+    def is_detection_dict(d: dict) -> bool:
+        """Whether a config dict (a checkpoint's "config", a JSON beside the weights) is a DetectionConfig."""
+        return isinstance(d, dict) and "detector" in d and isinstance(d.get("backbone"), (dict, str))
+
+
+def _det(detector: str, backbone: str, drop_path: float, params=None, gmacs=None, size=(800, 1333)):
+    """A DET_VARIANTS entry with the published params (M) and FLOPs (GMACs at `size`; the official repo measures
+    at 1280 x 800)."""
+    cfg = dict(detector=detector, backbone=backbone, backbone_overrides=dict(drop_path_rate=drop_path))
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs, flops_size=size)
+
+
+# name -> config. Figures: microsoft/Swin-Transformer-Object-Detection README (COCO, 80 classes); drop path of its
+# 3x configs.
+DET_VARIANTS: dict[str, dict] = {
+    "maskrcnn_swin_t": _det("maskrcnn", "swin_t", 0.2, 48.0, 267.0),
+    "maskrcnn_swin_s": _det("maskrcnn", "swin_s", 0.2, 69.0, 359.0),
+    "maskrcnn_swin_b": _det("maskrcnn", "swin_b", 0.3),
+    "fasterrcnn_swin_t": _det("fasterrcnn", "swin_t", 0.2),
+    "retinanet_swin_t": _det("retinanet", "swin_t", 0.2),
+    "fcos_swin_t": _det("fcos", "swin_t", 0.2),
+}
+
+
+def list_detection_models() -> list[str]:
+    return list(DET_VARIANTS)
 
 
 # ==========================================================================================================

@@ -39,15 +39,18 @@ def _swinkit_checkpoint(path: Path, mmap: bool = False) -> dict | None:
 
 
 def foreign_task(file: Path) -> str:
-    """The task of a checkpoint in another format (official, torchvision, ...), from its weights' layout: video,
-    restore, segment, else the default task."""
+    """The task of a checkpoint in another format (official, torchvision, ...), from its weights' layout: detect,
+    video, restore, segment, else the default task."""
     from .io.checkpoint import read_raw
     from .io.convert import is_segmentation_state_dict
+    from .io.detection import is_detection_state_dict
     from .io.convert_swinir import is_swinir_state_dict
     from .io.convert_unet import is_unet
     from .io.convert_video import is_video_state_dict
 
     sd = read_raw(file).state_dict
+    if is_detection_state_dict(sd):
+        return "detect"
     if is_video_state_dict(sd):
         return "video"
     if is_swinir_state_dict(sd):

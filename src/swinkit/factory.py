@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import VARIANTS, SegmentationConfig, SwinConfig, SwinIRConfig, VideoSwinConfig
+from .config import (DET_VARIANTS, DETECTORS, VARIANTS, DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig,
+                     VideoSwinConfig)
 from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_named, load_restoration_into_named,
                             load_video_into_named, read_backbone)
 from .models.backbone import SwinBackbone
@@ -61,6 +62,41 @@ def create_segmentation_model(name: str, num_classes: int | None = None,
     load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
     return model
 
+
+def create_detector(detector: str, backbone: str | Path | None = None, num_classes: int | None = None,
+                    **overrides):
+    """torchvision's own MaskRCNN / FasterRCNN / RetinaNet / FCOS on a Swin backbone with torchvision's FPN.
+
+    `detector`: a kind ("maskrcnn", "fasterrcnn", "retinanet", "fcos") or a named variant
+    (swinkit.list_detection_models(): maskrcnn_swin_t, ...). `backbone`: a Swin variant name (default: the
+    variant's, swin_t for a kind) or any checkpoint load_model reads, whose weights initialise the backbone (a
+    classifier's per-stage norms start fresh). `num_classes`: object classes, without the background.
+    Overrides are DetectionConfig fields (min_size=512, frozen_stages=1, frozen_norms=True) or backbone SwinConfig
+    fields (drop_path_rate=0.1, window_size=12)."""
+    from .models.detection import build_detector  # torchvision: the train extra
+
+    if detector not in DET_VARIANTS and detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; expected a kind {DETECTORS} or a variant "
+                         f"{list(DET_VARIANTS)}")
+    name = detector if detector in DET_VARIANTS else f"{detector}_swin_t"
+    if backbone is None or str(backbone) in VARIANTS:
+        cfg = DetectionConfig.from_name(name, num_classes=num_classes, backbone=backbone, **overrides)
+        if backbone is not None and backbone != DET_VARIANTS[name]["config"]["backbone"]:
+            cfg.name = "custom"
+        return build_detector(cfg)
+    if not Path(backbone).exists():
+        raise ValueError(f"backbone {str(backbone)!r} is neither a Swin variant name nor an existing checkpoint; "
+                         f"variants: {', '.join(VARIANTS)}")
+    own = {f.name for f in dataclasses.fields(DetectionConfig)}
+    drop_path = DET_VARIANTS[name]["config"]["backbone_overrides"]["drop_path_rate"]
+    swin = {"drop_path_rate": drop_path, **{k: v for k, v in overrides.items() if k not in own}}
+    bb_cfg, sd = read_backbone(backbone, window_mode="pad", **_check_overrides(swin))
+    cfg = DetectionConfig.from_name(name, num_classes=num_classes, backbone=bb_cfg,
+                                    **{k: v for k, v in overrides.items() if k in own})
+    cfg.name = "custom"
+    body = SwinBackbone(cfg.backbone, cfg.out_indices, cfg.frozen_stages)
+    load_backbone_weights(body, sd, str(backbone))
+    return build_detector(cfg, body)
 
 
 def create_video_model(name: str, pretrained: bool | str = False, checkpoint: str | Path | None = None,

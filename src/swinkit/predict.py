@@ -15,8 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
     """The common flags and those of the checkpoint's task (classify when --checkpoint is not given yet)."""
     path = checkpoint_flag(argv)
     task = task_of(path) if path else get_task(DEFAULT_TASK)
-    parser.add_argument("--checkpoint", required=True, help="run directory (uses its best.pt) or checkpoint file; "
-                                                            "its task decides the other flags")
+    parser.add_argument("--checkpoint", help="run directory (uses its best.pt) or checkpoint file; its task decides "
+                                             "the other flags")
+    parser.add_argument("--onnx", metavar="FILE", help="instead of --checkpoint: a `swinkit export` ONNX file, run "
+                                                       "with onnxruntime (classification: top-k; segmentation: masks)")
     parser.add_argument("images", nargs="+", metavar="INPUT", help="image files (video task: video files or frame "
                                                                    "folders)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -26,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.onnx is None):
+        print("error: give --checkpoint (a run directory or checkpoint file) or --onnx (an exported file)",
+              file=sys.stderr)
+        return 2
+    if args.onnx:
+        from .tools.export import predict_onnx
+
+        return predict_onnx(args.images, args.onnx, topk=getattr(args, "topk", 5), json=args.json)
     try:
         loaded = load_trained(args.checkpoint)
         return loaded.task.run_predict(loaded, args)

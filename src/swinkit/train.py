@@ -330,6 +330,7 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(s.ema.decay), use_buffers=True)
+        self.task.set_ema(self.ema.module if self.ema is not None else None)
         self.net = self._wrap(model)
         o = s.optim
         scale = s.loader.batch_size * o.accum_steps * self.world / o.lr_base_size

@@ -35,6 +35,7 @@ from .convert_unet import is_unet, load_unet
 from .convert_video import (VIDEO_FORMATS, infer_video_config, inflate_state_dict, is_video_state_dict,
                             video_from_swinkit, video_to_swinkit)
 from ..models.backbone import SwinBackbone
+from ..models.simmim import simmim_encoder_state_dict
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
 from ..models.swinir import SwinIR
@@ -251,7 +252,19 @@ def read_raw(path, use_ema: bool = False) -> RawCheckpoint:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     obj, meta, weights = _read_dir(path) if path.is_dir() else (*_read_weights(path), path)
-    return RawCheckpoint(path, obj, meta, weights, _unwrap(obj, use_ema, path))
+    sd = simmim_encoder_state_dict(_fold_distillation_head(_unwrap(obj, use_ema, path)))  # a SimMIM run: its encoder
+    return RawCheckpoint(path, obj, meta, weights, sd)
+
+
+def _fold_distillation_head(sd: dict) -> dict:
+    """A classifier trained with `--distill hard` (head.fc + head.dist, logits averaged at inference) as the one
+    linear head it is equivalent to: the averaged weights and biases."""
+    if "head.dist.weight" not in sd or "head.fc.weight" not in sd:
+        return sd
+    sd = dict(sd)
+    for p in ("weight", "bias"):
+        sd[f"head.fc.{p}"] = (sd[f"head.fc.{p}"] + sd.pop(f"head.dist.{p}")) / 2
+    return sd
 
 
 def read_checkpoint(path, use_ema: bool = False, strict: bool = True, known: dict | None = None,
@@ -434,8 +447,17 @@ def load_model(path, strict: bool = True, *, use_ema: bool = False, class_map=No
     A segmentation checkpoint (swinkit, official Swin-Transformer-Semantic-Segmentation, mmseg, transformers'
     UperNet) gives a SegmentationModel (see load_segmentation_model for its overrides), a Swin-UNet one (official
     or swinkit) a SwinUNet (see io.convert_unet.load_unet), a Video Swin one (official / mmaction2, torchvision's
-    swin3d, swinkit) a VideoSwinTransformer (overrides: VideoSwinConfig fields that keep the tensors' shapes)."""
+    swin3d, swinkit) a VideoSwinTransformer (overrides: VideoSwinConfig fields that keep the tensors' shapes). A
+    detection checkpoint (swinkit, mmdetection, official Swin-Transformer-Object-Detection) gives torchvision's
+    detector on a Swin FPN (see io.detection.load_detector)."""
+    from .detection import is_detection_state_dict, load_detector  # it imports this module
+
     raw = read_raw(path, use_ema)
+    if is_detection_state_dict(raw.state_dict):
+        if class_map is not None or use_ema:
+            raise CheckpointError(f"{path} is a detection checkpoint: class_map and use_ema apply to classification "
+                                  "checkpoints only")
+        return load_detector(path, strict, **overrides)
     if is_swinir_state_dict(raw.state_dict):
         if class_map is not None:
             raise CheckpointError(f"{path} is a SwinIR / Swin2SR restoration checkpoint: class_map selects classifier "
@@ -924,6 +946,10 @@ def run(args) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.command == "inspect" else "default")
             raw = read_raw(src, args.ema)
+            from .detection import is_detection_state_dict  # it imports this module
+
+            if is_detection_state_dict(raw.state_dict):
+                return _run_detection(args, src)
             if is_segmentation_state_dict(raw.state_dict):
                 return _run_segmentation(args, read_segmentation_checkpoint(src, strict=strict, raw=raw))
             video = is_video_state_dict(raw.state_dict)
@@ -948,6 +974,37 @@ def run(args) -> int:
         print(f"swinkit {args.command}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({args.to}, {_kind(ckpt.config)}, {ckpt.config.name})")
+    return 0
+
+
+def _run_detection(args, src) -> int:
+    """`swinkit inspect` / `swinkit convert` of a detection checkpoint (--to swinkit: the whole detector; official
+    / mmdet: its backbone and FPN neck as {"state_dict", "meta": {"CLASSES"}})."""
+    from .detection import DETECTION_FORMATS, convert_detection_state_dict, read_detection_checkpoint
+
+    cfg, sd, names, fmt = read_detection_checkpoint(src)
+    if args.command == "inspect":
+        bb = cfg.backbone
+        print("\n".join([f"file:     {src}", f"format:   {fmt} ({cfg.detector} detector)",
+                         f"params:   {sum(v.numel() for v in sd.values()):,}",
+                         f"config:   {cfg.name}: {cfg.detector}, {cfg.num_classes} classes, FPN {cfg.fpn_channels} on "
+                         f"{bb.describe(with_size=False)}",
+                         f"classes:  {', '.join(map(str, (names or [])[:8])) or 'not recorded'}"]))
+        return 0
+    if args.to not in DETECTION_FORMATS:
+        raise CheckpointError(f"--to {args.to}: {src} holds a detector; choose one of {', '.join(DETECTION_FORMATS)}")
+    dst = Path(args.dst)
+    if args.to == "swinkit":
+        from ..models.detection import build_detector
+        from .detection import save_detector
+
+        model = build_detector(cfg)
+        model.load_state_dict(sd, strict=False)
+        save_detector(model, dst, names)
+    else:
+        out = {"state_dict": convert_detection_state_dict(sd, args.to, cfg), "meta": {"CLASSES": names}}
+        atomic_write(dst, lambda p: torch.save(out, p))
+    print(f"wrote {dst} ({args.to}, {cfg.detector} {'backbone and neck' if args.to != 'swinkit' else 'detector'})")
     return 0
 
 
@@ -1029,13 +1086,14 @@ def read_segmentation_checkpoint(path, use_ema: bool = False, strict: bool = Tru
                                   class_names, imp.unknown, imp.ignored)
 
 
-def _split_overrides(overrides: dict) -> tuple[dict, dict]:
-    """Keyword overrides -> (SegmentationConfig fields, backbone SwinConfig fields); unknown names are an error."""
-    own = {f.name for f in dataclasses.fields(SegmentationConfig)}
+def _split_overrides(overrides: dict, cls: type = SegmentationConfig) -> tuple[dict, dict]:
+    """Keyword overrides -> (fields of `cls`, a dense config, backbone SwinConfig fields); unknown names are an
+    error."""
+    own = {f.name for f in dataclasses.fields(cls)}
     swin = {f.name for f in dataclasses.fields(SwinConfig)} - own
     unknown = set(overrides) - own - swin
     if unknown:
-        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: SegmentationConfig fields {sorted(own)} "
+        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {cls.__name__} fields {sorted(own)} "
                         f"or backbone (SwinConfig) fields {sorted(swin)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     return {k: v for k, v in given.items() if k in own}, {k: v for k, v in given.items() if k in swin}

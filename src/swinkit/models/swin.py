@@ -134,7 +134,10 @@ class SwinTransformer(SwinLayers, nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H/p, W/p, D): checked input, patch embedding (+ absolute position embedding)."""
         self._check_input(x)
-        x = self.patch_embed(x)  # (B, H/p, W/p, C)
+        return self.add_position(self.patch_embed(x))  # (B, H/p, W/p, C)
+
+    def add_position(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H/p, W/p, D) patch embeddings -> + the absolute position embedding (resized to the map), dropout."""
         if self.absolute_pos_embed is not None:
             pos = self.absolute_pos_embed
             if pos.shape[-2:] != x.shape[1:3]:

@@ -11,6 +11,8 @@ TASKS: dict[str, str | type[Task]] = {  # name -> "module:class" (or the class i
     "segment": "swinkit.tasks.segment:SegmentTask",
     "video": "swinkit.tasks.video:VideoTask",
     "restore": "swinkit.tasks.restore:RestoreTask",
+    "detect": "swinkit.tasks.detect:DetectTask",
+    "pretrain": "swinkit.tasks.pretrain:PretrainTask",
 }
 DEFAULT_TASK = "classify"
 

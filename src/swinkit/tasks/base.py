@@ -41,7 +41,7 @@ Writing a task, in the order the loop calls it (see ClassifyTask in classify.py 
 
 and one line in swinkit/tasks/__init__.py's TASKS. Optional: `choose_recipe` (pick a recipe for the data and say
 why in one line), `resolve` (reject or clear settings), `describe_model` / `describe_data` / `describe` (log
-lines), `summary_extra`, `load` (other checkpoint formats), `collate_fn`, `plot_metrics`.
+lines), `summary_extra`, `load` (other checkpoint formats), `collate_fn`, `plot_metrics`, `set_ema`.
 """
 from __future__ import annotations
 
@@ -343,6 +343,10 @@ class Task:
         `self.env.device`; the loop runs this under autocast and does the backward pass. `model` may be wrapped
         (DDP/FSDP): call it, do not reach into it."""
         raise NotImplementedError
+
+    def set_ema(self, ema: nn.Module | None) -> None:
+        """The loop's EMA of the weights (None without --ema), handed over after build_model: a task may use it,
+        e.g. as a self-distillation teacher."""
 
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         """Metrics over this rank's shard of the validation set, reduced over all ranks (torch.distributed when

@@ -1,5 +1,6 @@
 """Image classification: image folders (or the embedded digits), transforms v2 with Mixup/CutMix, a Swin
-classifier, label-smoothed cross-entropy, top-1/top-5, and top-k class predictions.
+classifier, label-smoothed cross-entropy (optionally distilled from a teacher, swinkit/distill.py), top-1/top-5, and
+top-k class predictions.
 
 The recipes are data: the official Swin recipe (Liu et al. 2021, configs of microsoft/Swin-Transformer) is the
 settings' defaults; every other recipe lists only what it changes.
@@ -7,6 +8,7 @@ settings' defaults; every other recipe lists only what it changes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -19,12 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..config import SwinConfig
+from ..distill import (DISTILL_KINDS, Distiller, Teacher, add_distillation_head, check_settings,
+                       classifier_config, classifier_from_config, fold_distillation_head, has_distillation_head,
+                       load_classifier)
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, build_datasets, digits_folder,
                     eval_transform, load_image, mixup_cutmix, train_transform)
 from ..factory import create_model
 from ..models.swin import SwinTransformer
-from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
+from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, autocast, setting
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
 # from scratch on fewer training images than this (and no --recipe), the small-data recipe is picked
@@ -32,7 +36,20 @@ SMALL_DATA_IMAGES = 20_000
 
 
 @dataclass
-class ClassifySettings(TaskSettings):
+class DistillSettings:
+    """Knowledge distillation from a teacher (DeiT, Touvron et al. 2021; swinkit/distill.py)."""
+    teacher: str | None = setting(None, "teacher: a checkpoint or run directory of a classifier of the same classes "
+                                        "(any file load_model reads), or ema: the run's own EMA (needs --ema)")
+    distill: str | None = setting(None, "soft: tau^2 KL to the teacher's softened logits; hard: DeiT's hard-label "
+                                        "distillation, with a distillation head whose logits are averaged with the "
+                                        "class head's at inference", choices=list(DISTILL_KINDS))
+    distill_tau: float = setting(1.0, "soft: temperature, as in DeiT")
+    distill_alpha: float = setting(0.5, "weight of the distillation loss, the labels' loss getting 1 - alpha, as in "
+                                        "DeiT")
+
+
+@dataclass
+class ClassifySettings(DistillSettings, TaskSettings):
     """Classification settings; the defaults are the official Swin recipe."""
     data: str | None = setting(None, "image folder: train/ and val/ class folders, or class folders to split "
                                      "(default: the embedded scikit-learn digits)")
@@ -210,7 +227,15 @@ class ClassifyTask(Task):
                          f"{SMALL_DATA_WHY}. --recipe official keeps the official one")
 
     @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The task's flags, the distillation ones in a group of their own."""
+        distill = tuple(f.name for f in dataclasses.fields(DistillSettings))
+        add_settings_arguments(parser.add_argument_group(f"{cls.name} task"), cls.Settings, skip=distill)
+        add_settings_arguments(parser.add_argument_group("knowledge distillation"), DistillSettings)
+
+    @classmethod
     def resolve(cls, flat: dict, given: dict) -> dict:
+        check_settings(flat["teacher"], flat["distill"], flat["distill_tau"], flat["distill_alpha"], flat["ema"])
         if given.get("pretrained"):
             clash = [k for k in ("model", *ARCH_KEYS[1:]) if k in given]
             if clash:
@@ -238,6 +263,12 @@ class ClassifyTask(Task):
         """The model, then the transforms at --img-size or the model's own size."""
         model = self.model_from_config(config) if config else self._new_model()
         c, size = self.cfg, self.cfg.img_size or model.cfg.img_size[0]
+        if c.distill == "hard" and not has_distillation_head(model):
+            add_distillation_head(model)
+        self.distiller = None
+        if c.distill and c.teacher != "ema":  # --teacher ema: set_ema, once the loop has made its EMA
+            teacher = Teacher.from_checkpoint(c.teacher, self.classes, self.env.device)
+            self.distiller = Distiller(c.distill, teacher, self.criterion, c.distill_alpha, c.distill_tau)
         self.data_cfg = {"img_size": size, "crop_pct": c.crop_pct, "mean": list(IMAGENET_MEAN),
                          "std": list(IMAGENET_STD)}
         self.train_ds.transform = train_transform(size, c.scale, c.hflip, c.randaug_n, c.randaug_m, c.randaug_mstd,
@@ -248,10 +279,9 @@ class ClassifyTask(Task):
     def _new_model(self) -> SwinTransformer:
         c, n = self.cfg, len(self.classes)
         if c.pretrained:
-            from ..io.checkpoint import load_model
-
-            source = Path(c.pretrained)
-            model = load_model(source / "best.pt" if (source / "best.pt").is_file() else c.pretrained)
+            model = load_classifier(c.pretrained)[0]
+            if has_distillation_head(model) and (c.distill != "hard" or model.num_classes != n):
+                fold_distillation_head(model)  # the distilled model (averaged heads) as one head
             if model.num_classes != n:
                 model.reset_classifier(n)
             if c.drop_path_rate is not None:
@@ -264,17 +294,30 @@ class ClassifyTask(Task):
         return model
 
     def model_config(self, model: SwinTransformer) -> dict:
-        return model.cfg.to_dict()
+        return classifier_config(model)
 
     @classmethod
     def model_from_config(cls, config: dict) -> SwinTransformer:
-        return SwinTransformer(SwinConfig.from_dict(config))
+        """A SwinTransformer of `config`, with a distillation head when the config says so."""
+        return classifier_from_config(config)
+
+    def set_ema(self, ema: nn.Module | None) -> None:
+        """The loop's EMA of the weights (AveragedModel.module; None without --ema), handed over after build_model:
+        the teacher of --teacher ema."""
+        c = self.cfg
+        if c.teacher == "ema" and ema is not None:
+            self.distiller = Distiller(c.distill, Teacher(ema), self.criterion, c.distill_alpha, c.distill_tau)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = (t.to(self.env.device, non_blocking=True) for t in batch)
         if self.mix is not None:
             x, y = self.mix(x, y)  # y: (B, C) soft targets
-        return self.criterion(model(x), y)
+        if not self.cfg.distill:
+            return self.criterion(model(x), y)
+        if self.distiller is None:
+            raise ValueError("--teacher ema: the training loop did not hand its EMA to the task (expected a call to "
+                             "ClassifyTask.set_ema after the EMA is made); distill from a checkpoint --teacher instead")
+        return self.distiller(x, model(x), y)  # the teacher sees the mixed images, as in DeiT
 
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
         m = evaluate(model, loader, self.env.device, self.env.amp_dtype)
@@ -289,7 +332,7 @@ class ClassifyTask(Task):
         return {"skipped_files": skipped}
 
     def describe_model(self, model: SwinTransformer) -> str:
-        return model.cfg.describe()
+        return model.cfg.describe() + (" + distillation head" if has_distillation_head(model) else "")
 
     def describe_data(self, train, val) -> str:
         return f"{len(train)} images / {len(self.classes)} classes, val {len(val)}"

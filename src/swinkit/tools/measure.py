@@ -7,8 +7,8 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..config import (ALIASES, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
-                      SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
+from ..config import (ALIASES, DET_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
+                      DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
 from ..models.segmentation import SegmentationModel
 from ..models.swin import SwinTransformer
 from ..models.swinir import SwinIR
@@ -98,6 +98,37 @@ def measure_restoration_variant(name: str, size: tuple[int, int] = (64, 64), **o
                 paper_params_m=SWINIR_VARIANTS[name]["paper_params_m"], paper_gmacs=None)
 
 
+def measure_detection_variant(name: str, size: tuple[int, int] | None = None, proposals: int = 1000,
+                              detections: int = 100, **overrides) -> dict:
+    """Detector variant `name` (80 classes) built on the meta device: parameters and the MACs of one image of `size`
+    (default 800 x 1333, padded to a multiple of 32 as GeneralizedRCNNTransform batches it): backbone, FPN and dense
+    heads on the padded map; for the two-stage detectors the box head on `proposals` RoIs and the mask head on
+    `detections`, as mmdetection's FLOP count (its dummy forward) does. RoIAlign and NMS are not MACs."""
+    from ..models.detection import build_detector  # torchvision: the train extra
+
+    cfg = DetectionConfig.from_name(name, **overrides)
+    size = tuple(size or DET_VARIANTS[name]["flops_size"])
+    padded = tuple(-(-s // 32) * 32 for s in size)
+    with torch.device("meta"):
+        model = build_detector(cfg).eval()
+        x = torch.zeros(1, 3, *padded)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+            feats = list(model.backbone(x).values())
+            if cfg.detector in ("maskrcnn", "fasterrcnn"):
+                model.rpn.head(feats)
+                model.roi_heads.box_predictor(model.roi_heads.box_head(torch.zeros(proposals, cfg.fpn_channels, 7, 7)))
+                if cfg.detector == "maskrcnn":
+                    model.roi_heads.mask_predictor(model.roi_heads.mask_head(
+                        torch.zeros(detections, cfg.fpn_channels, 14, 14)))
+            else:
+                model.head(feats)
+    bb = cfg.backbone
+    return dict(name=name, task="detection", detector=cfg.detector, backbone=bb.name, version=bb.version,
+                size=list(size), window=bb.window_size[0][0], params_m=count_params(model) / 1e6,
+                gmacs=counter.get_total_flops() / 2e9, paper_params_m=DET_VARIANTS[name]["paper_params_m"],
+                paper_gmacs=DET_VARIANTS[name]["paper_gmacs"])
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--aliases", action="store_true", help="also list the short aliases (swin_t, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
@@ -110,8 +141,12 @@ def run(args: argparse.Namespace) -> int:
     unet_rows = [measure_unet_variant(n) for n in UNET_VARIANTS]
     video_rows = [measure_video_variant(n) for n in VIDEO_VARIANTS]
     restoration_rows = [measure_restoration_variant(n) for n in SWINIR_VARIANTS]
+    try:
+        det_rows = [measure_detection_variant(n) for n in DET_VARIANTS]
+    except ImportError:  # torchvision (the train extra) is not installed
+        det_rows = []
     if args.json:
-        for r in rows + seg_rows + unet_rows + video_rows + restoration_rows:
+        for r in rows + seg_rows + unet_rows + video_rows + restoration_rows + det_rows:
             print(json.dumps(r))
         return 0
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -131,6 +166,13 @@ def run(args: argparse.Namespace) -> int:
     _print_sized("restoration model (SwinIR / Swin2SR)", restoration_rows,
                  "GMACs = one 64x64 low-quality input (the output is upscale times larger); paper = SwinIR paper, "
                  "which counts no relative position bias tables (0.03-0.05M here)")
+    if det_rows:
+        _print_sized("detector (80 classes)", det_rows,
+                     "torchvision's detectors on Swin + FPN; GMACs = one 800x1333 image (padded to 800x1344), box "
+                     "head on 1000 proposals and mask head on 100 detections, as mmdetection counts; paper = the "
+                     "official Swin-Transformer-Object-Detection README, measured by mmdetection at 1280x800 (266.6 "
+                     "GMACs here for Mask R-CNN Swin-T at that size). torchvision's R-CNN heads have one more class "
+                     "output (background first) and regress boxes for it too (+4.4K params)")
     return 0
 
 

@@ -41,7 +41,7 @@ from ..nn.windows import (padded_size, relative_position_index, shift_regions, w
                           window_order, window_partition)
 
 Pair = tuple[int, int]
-FIGURES = ("windows", "mask", "bias", "attention", "receptive-field", "complexity")
+FIGURES = ("windows", "mask", "bias", "attention", "receptive-field", "complexity", "simmim")
 CPU = torch.device("cpu")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet normalisation of the model's input
 PAD_RGBA = (0.25, 0.25, 0.25, 0.55)  # hatch over padded tokens
@@ -994,6 +994,23 @@ def _run_receptive_field(args):
                  "effective (px): " + " ".join(f"{n}={v:.0f}" for n, v in zip(d["names"], d["effective"]))]
 
 
+def _run_simmim(args):
+    """Images through a SimMIM checkpoint: input, masked input, reconstruction, prediction."""
+    from ..evaluate import load_trained
+    from ..tasks.pretrain import simmim_plot
+
+    loaded = load_trained(args.checkpoint)
+    if loaded.task.name != "pretrain":
+        raise ValueError(f"{args.checkpoint} is a {loaded.task.name} checkpoint: viz simmim draws a "
+                         "`swinkit train --task pretrain` run")
+    model, s = loaded.model, loaded.meta["simmim"]
+    size = model.cfg.img_size
+    x = torch.cat([normalize(load_image(p, size)) for p in args.images])  # (N, 3, H, W)
+    fig = simmim_plot(model, x, mask_patch_size=s["mask_patch_size"], ratio=s["mask_ratio"], seed=args.seed)
+    return fig, [f"{len(x)} image(s) at {size[0]}x{size[1]}, {s['mask_ratio']:.0%} of "
+                 f"{s['mask_patch_size']}-pixel blocks masked (seed {args.seed})"]
+
+
 def _run_complexity(args):
     fig, d = complexity(SwinConfig.from_name(args.model), args.sizes, [] if args.no_time else args.time_sizes,
                         None if args.vit == "auto" else args.vit, args.repeats)
@@ -1008,7 +1025,7 @@ def _run_complexity(args):
 
 
 RUNNERS = {"windows": _run_windows, "mask": _run_mask, "bias": _run_bias, "attention": _run_attention,
-           "receptive-field": _run_receptive_field, "complexity": _run_complexity}
+           "receptive-field": _run_receptive_field, "complexity": _run_complexity, "simmim": _run_simmim}
 HELP = {
     "windows": "regular and shifted windows over an image, and the cyclic-shift view (papers' figures 2 and 4)",
     "mask": "the attention masks a shifted block uses, one panel per window, regions labelled",
@@ -1016,6 +1033,7 @@ HELP = {
     "attention": "attention of one query over its window in a block and the next (shifted) block",
     "receptive-field": "gradient of the centre token w.r.t. the input after every block",
     "complexity": "FLOPs and time against resolution: Swin vs a global-attention ViT",
+    "simmim": "SimMIM: input, mask and reconstruction of images by a `swinkit train --task pretrain` run",
 }
 
 
@@ -1054,6 +1072,11 @@ def _figure_arguments(p: argparse.ArgumentParser, name: str) -> None:
     if name == "attention":
         p.add_argument("--query", type=int, nargs=2, metavar=("Y", "X"),
                        help="query pixel in the (resized) image (default: the centre)")
+    if name == "simmim":
+        p.add_argument("--checkpoint", required=True, help="a `swinkit train --task pretrain` run or its best.pt")
+        p.add_argument("--images", nargs="+", default=[None], metavar="IMAGE",
+                       help="image files (default: scikit-image's astronaut photograph)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random mask (default: 0)")
     if name == "complexity":
         p.add_argument("--vit", default="auto", choices=["auto", *VITS],
                        help="global-attention model to compare (default: the closest in parameters)")

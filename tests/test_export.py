@@ -1,0 +1,265 @@
+"""swinkit export: ONNX / pt2 / TorchScript files equal to the eager model at several sizes and batch sizes, their
+preprocessing metadata, and predict_onnx (numpy + PIL + onnxruntime, no torch) equal to the torch prediction."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import swinkit
+from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinIR, SwinIRConfig, SwinTransformer
+from swinkit import VideoSwinConfig, VideoSwinTransformer
+from swinkit.tools import export as E
+
+from conftest import randomize_
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+TOL = 1e-4
+EXPORT_PY = Path(E.__file__)
+
+
+def classifier(version: int = 1) -> SwinTransformer:
+    cfg = SwinConfig(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=5, img_size=32,
+                     drop_path_rate=0.0, version=version)
+    return randomize_(SwinTransformer(cfg)).eval()
+
+
+def segmenter() -> SegmentationModel:
+    backbone = SwinConfig(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, window_mode="pad",
+                          drop_path_rate=0.0)
+    cfg = SegmentationConfig(backbone=backbone, num_classes=3, channels=16, aux_head=False, aux_in_index=1,
+                             pool_scales=(1, 2))
+    model = randomize_(SegmentationModel(cfg), std=0.2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def restorer() -> SwinIR:
+    cfg = SwinIRConfig(img_size=16, window_size=4, embed_dim=16, depths=(2,), num_heads=(2,), num_feat=8, upscale=2)
+    return randomize_(SwinIR(cfg), std=0.05).eval()
+
+
+def ort_diff(path: Path, model, x: torch.Tensor) -> float:
+    """Relative max |onnxruntime - eager| (relative to max(1, max |eager|))."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert got.shape == ref.shape
+    return float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max()))
+
+
+def check_sizes(path: Path, info: dict, model, other: tuple[int, int]) -> None:
+    """onnxruntime equals eager at two batch sizes at the export size, and at `other` when H, W are dynamic;
+    a fixed-size file names its size in the metadata and refuses `other` with the exact message."""
+    size = tuple(info["export_size"])
+    sizes = [size, other] if info["fixed_reason"] is None else [size]
+    for s in sizes:
+        for b in (1, 3):
+            assert ort_diff(path, model, torch.randn(b, model_in_chans(model), *s)) <= TOL, (b, s)
+    assert {r["batch"] for r in info["verified"]} >= {1, 3}
+    if info["fixed_reason"] is None:
+        assert info["input_shape"][0] == "batch" and info["input_shape"][2:] == ["height", "width"]
+        assert len({tuple(r["size"]) for r in info["verified"]}) >= 2
+    else:
+        assert info["input_shape"][2:] == list(size)
+        with pytest.raises(E.ExportError) as e:
+            E.OnnxModel(path)(np.zeros((1, model_in_chans(model), *other), np.float32))
+        s, o = "x".join(map(str, size)), "x".join(map(str, other))
+        assert str(e.value) == (f"{path} takes {s} inputs only ({info['fixed_reason']}); got {o}. Resize the input "
+                                f"to {s}, or re-export with --img-size {other[0]} {other[1]}.")
+
+
+def model_in_chans(model) -> int:
+    return E._in_chans(model)
+
+
+META = {"class_names": ["cat", "dog", "emu", "fox", "gnu"],
+        "data": {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7], "crop_pct": 0.9}}
+
+
+@pytest.fixture(scope="module")
+def exported_v1(tmp_path_factory):
+    """A V1 classifier exported once (with a checkpoint's task meta): (model, path, info)."""
+    model, path = classifier(1), tmp_path_factory.mktemp("v1") / "m.onnx"
+    return model, path, E.export(model, path, "onnx", (32, 32), meta=META)
+
+
+def test_onnx_classifier_v1_matches_eager_at_sizes_and_batches(exported_v1):
+    check_sizes(exported_v1[1], exported_v1[2], exported_v1[0], (48, 40))
+
+
+def test_onnx_classifier_v2_matches_eager_at_sizes_and_batches(tmp_path):
+    model = classifier(2)
+    info = E.export(model, tmp_path / "m.onnx", "onnx", (32, 32))
+    check_sizes(tmp_path / "m.onnx", info, model, (48, 40))
+
+
+def test_onnx_segmentation_matches_eager_at_sizes_and_batches(tmp_path):
+    model = segmenter()
+    info = E.export(model, tmp_path / "s.onnx", "onnx", (32, 32))
+    assert info["task"] == "segment"
+    check_sizes(tmp_path / "s.onnx", info, model, (48, 40))
+
+
+def test_onnx_restoration_matches_eager_at_sizes_and_batches(tmp_path):
+    model = restorer()
+    info = E.export(model, tmp_path / "r.onnx", "onnx", (16, 16))
+    assert info["upscale"] == 2 and info["mean"] == [0.0] * 3 and info["std"] == [1.0] * 3
+    check_sizes(tmp_path / "r.onnx", info, model, (20, 24))
+
+
+def test_onnx_video_matches_eager(tmp_path):
+    cfg = VideoSwinConfig(embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=(2, 3, 3), num_classes=4,
+                          drop_path_rate=0.0, head_drop_rate=0.0)
+    model = randomize_(VideoSwinTransformer(cfg)).eval()
+    info = E.export(model, tmp_path / "v.onnx", "onnx", (4, 24, 24))
+    assert info["layout"] == "NCTHW" and info["input_shape"][:2] == ["batch", 3]
+    for b in (1, 3):
+        assert ort_diff(tmp_path / "v.onnx", model, torch.randn(b, 3, 4, 24, 24)) <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript"])
+def test_pt2_and_torchscript_reload_match_eager(fmt, tmp_path):
+    model, path = classifier(2), tmp_path / f"m.{fmt}"
+    info = E.export(model, path, fmt, (32, 32))
+    module = torch.export.load(str(path)).module() if fmt == "pt2" else torch.jit.load(str(path))
+    sizes = [(32, 32)] + ([(48, 40)] if info["fixed_reason"] is None else [])
+    for size in sizes:
+        for b in (1, 3):
+            x = torch.randn(b, 3, *size)
+            with torch.no_grad():
+                assert (module(x) - model(x)).abs().max().item() <= TOL, (b, size)
+    beside = json.loads(Path(f"{path}.json").read_text())
+    assert beside == {k: v for k, v in info.items() if k != "verified"}
+    if fmt == "torchscript":  # the metadata also travels inside the file
+        extra = {E.METADATA_FILE: ""}
+        torch.jit.load(str(path), _extra_files=extra)
+        assert json.loads(extra[E.METADATA_FILE]) == beside
+        assert info["fixed_reason"].startswith("torch.jit.trace records the window indices")
+
+
+def test_onnx_metadata_carries_the_preprocessing(exported_v1):
+    path = exported_v1[1]
+    props = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    got = E.decode_metadata(props)
+    assert got["task"] == "classify" and got["layout"] == "NCHW" and got["value_range"] == [0.0, 1.0]
+    assert got["mean"] == [0.1, 0.2, 0.3] and got["std"] == [0.5, 0.6, 0.7]
+    assert got["class_names"] == ["cat", "dog", "emu", "fox", "gnu"]
+    assert got["resize"] == {"mode": "short_side_then_center_crop", "crop_pct": 0.9, "interpolation": "bicubic"}
+    assert got["swinkit_version"] == swinkit.__version__ and got["export_size"] == [32, 32]
+    assert got["input_shape"][:2] == ["batch", 3] and got["ranges"]["batch"][0] == 1
+    assert got == E.read_metadata(path) == {k: v for k, v in exported_v1[2].items() if k != "verified"}
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter where importing torch fails, with export.py loaded as a standalone module E."""
+    prelude = (
+        "import sys, importlib.abc, importlib.util\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'swinkit'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"spec = importlib.util.spec_from_file_location('swinkit_export', {str(EXPORT_PY)!r})\n"
+        "E = importlib.util.module_from_spec(spec); spec.loader.exec_module(E)\n")
+    epilogue = "\nassert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(rc)\n"
+    return subprocess.run([sys.executable, "-c", prelude + code + epilogue], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_export(tmp_path_factory):
+    """`swinkit export --checkpoint` of a saved classifier with class names: (checkpoint, onnx path)."""
+    d = tmp_path_factory.mktemp("ckpt")
+    swinkit.save_model(classifier(1), d / "c.safetensors", class_names=META["class_names"])
+    assert E.main_args(["--checkpoint", str(d / "c.safetensors"), "--out", str(d / "c.onnx"),
+                        "--img-size", "32", "32"]) == 0
+    return d / "c.safetensors", d / "c.onnx"
+
+
+@pytest.mark.parametrize("image_size", [(36, 36), (50, 41)])  # 36 = int(32 / 0.875): no resize
+def test_predict_onnx_equals_torch_prediction_without_torch(image_size, checkpoint_export, tmp_path):
+    from swinkit.data import eval_transform, load_image
+    from swinkit.tasks.classify import ClassifyTask
+
+    ckpt, onnx_path = checkpoint_export
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*image_size, 3), dtype=np.uint8)).save(img)
+    loaded = ClassifyTask.load(ckpt, None)  # what `swinkit predict --checkpoint` runs
+    data = loaded.meta["data"]
+    x = eval_transform(32, data["crop_pct"], data["mean"], data["std"])(load_image(img))
+    with torch.no_grad():
+        prob = loaded.model(x[None]).softmax(-1)[0]
+
+    r = _run_without_torch(f"rc = (E.predict_onnx([{str(img)!r}], {str(onnx_path)!r}, topk=5, json=True))")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[0])["predictions"]
+    tol = 1e-5 if image_size == (36, 36) else 5e-3  # PIL's bicubic vs torchvision's on uint8: <= 1 grey level apart
+    assert got[0]["index"] == prob.argmax().item() and len(got) == 5
+    assert [p["class"] for p in got] == [META["class_names"][p["index"]] for p in got]
+    for p in got:
+        assert abs(p["prob"] - prob[p["index"]].item()) <= tol
+
+
+def test_predict_onnx_segmentation_mask_equals_torch(tmp_path):
+    model = segmenter()
+    E.export(model, tmp_path / "s.onnx", "onnx", (32, 32), do_verify=False,
+             meta={"labels": {"names": ["bg", "road", "car"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+                              "ignore_index": 255}})
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    meta = E.read_metadata(tmp_path / "s.onnx")
+    x = (torch.from_numpy(rgb).float().permute(2, 0, 1) / 255 - torch.tensor(meta["mean"])[:, None, None]) \
+        / torch.tensor(meta["std"])[:, None, None]
+    with torch.no_grad():
+        expected = model(x[None])[0].argmax(0).numpy()
+    out = tmp_path / "masks"
+    r = _run_without_torch(f"rc = (E.predict_onnx([{str(tmp_path / 'a.png')!r}], {str(tmp_path / 's.onnx')!r}, "
+                           f"json=True, out={str(out)!r}))")
+    assert r.returncode == 0, r.stderr
+    png = Image.open(out / "a.png")
+    assert png.mode == "P" and png.getpalette()[:9] == [0, 0, 0, 255, 0, 0, 0, 255, 0]
+    np.testing.assert_array_equal(np.asarray(png), expected)
+    line = json.loads(r.stdout)
+    assert abs(sum(line["classes"].values()) - 1) < 1e-9 and set(line["classes"]) <= {"bg", "road", "car"}
+
+
+def test_unsupported_format_and_detector_errors(tmp_path):
+    with pytest.raises(E.ExportError) as e:
+        E.export(classifier(), tmp_path / "m.tflite", "tflite")
+    assert str(e.value) == "unknown export format 'tflite': expected one of onnx, pt2, torchscript"
+    with pytest.raises(E.ExportError) as e:
+        E.load_for_export(name="maskrcnn_swin_t")
+    assert str(e.value).startswith("cannot export a detector (maskrcnn_swin_t): swinkit export does not support "
+                                   "detectors (torchvision's MaskRCNN")
+    with pytest.raises(E.ExportError) as e:
+        E.export(classifier(), tmp_path / "m.onnx", "onnx", (32,))
+    assert str(e.value) == "--img-size takes H W (height, width) for a classify model; got [32]"
+
+
+def test_cli_export_and_predict_onnx(checkpoint_export, tmp_path, capsys):
+    """`swinkit export` is a command, and `swinkit predict --onnx FILE` gives what predict_onnx gives."""
+    from swinkit.cli import main
+
+    ckpt, onnx_path = checkpoint_export
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(img)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "again.onnx"), "--img-size", "32",
+                 "32"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--onnx", str(tmp_path / "again.onnx"), str(img), "--json"]) == 0
+    via_cli = json.loads(capsys.readouterr().out.splitlines()[0])["predictions"]
+    assert E.predict_onnx([str(img)], onnx_path, topk=5, json=True) == 0
+    direct = json.loads(capsys.readouterr().out.splitlines()[0])["predictions"]
+    assert [p["index"] for p in via_cli] == [p["index"] for p in direct]
+    assert main(["predict", str(img)]) == 2
+    assert "give --checkpoint (a run directory or checkpoint file) or --onnx" in capsys.readouterr().err
