@@ -27,8 +27,10 @@ class SwinFPN(nn.Module):
     def __init__(self, body: SwinBackbone, out_channels: int = 256):
         super().__init__()
         self.body, self.out_channels = body, out_channels
-        extra = LastLevelMaxPool() if body.out_indices[0] == 0 else LastLevelP6P7(body.out_channels[-1], out_channels)
-        if isinstance(extra, LastLevelP6P7):
+        if body.out_indices[0] == 0:
+            extra = LastLevelMaxPool()
+        else:
+            extra = LastLevelP6P7(body.out_channels[-1], out_channels)
             extra.use_P5 = False  # torchvision takes P5 when the widths happen to be equal; always the last stage
         self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels, extra_blocks=extra)
 
@@ -38,8 +40,8 @@ class SwinFPN(nn.Module):
 
 
 class SwinDetector:
-    """What swinkit adds to a torchvision detector: its config, gradient checkpointing, and the backbone's frozen
-    stages / norms kept frozen in training."""
+    """What swinkit adds to a torchvision detector: its config (`cfg`, `num_classes`) and gradient checkpointing.
+    Frozen stages stay frozen through the backbone (SwinBackbone.train)."""
 
     cfg: DetectionConfig
 

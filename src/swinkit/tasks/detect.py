@@ -131,7 +131,6 @@ class Repeated(Dataset):
         return getattr(self.ds, name)
 
 
-
 @dataclass
 class DetectSettings(TaskSettings):
     """Detection data, detector and augmentation."""
@@ -163,8 +162,8 @@ class DetectSettings(TaskSettings):
 class DetectTask(Task):
     name, primary_metric, Settings = "detect", "map", DetectSettings
     # The official Swin Mask R-CNN recipes (Swin-Transformer-Object-Detection): AdamW lr 1e-4 per 16 images, wd
-    # 0.05, 500 warmup iterations, lr x 0.1 at epochs 8 and 11 of 12 (1x) or 27 and 33 of 36 (3x), multi-scale
-    # 480-800; "cpu": short from-scratch runs on small data (COCO128) at a small size.
+    # 0.05, 500 warmup iterations (0.07 of a COCO epoch at batch 16), lr x 0.1 at epochs 8 and 11 of 12 (1x) or 27
+    # and 33 of 36 (3x), multi-scale 480-800; "cpu": short from-scratch runs on small data (COCO128) at a small size.
     recipes = {
         "coco_1x": dict(epochs=12, lr=1e-4, lr_base_size=16, weight_decay=0.05, batch_size=2, warmup_epochs=0.07,
                         warmup_lr=1e-7, schedule="step", milestones=[8 / 12, 11 / 12], gamma=0.1, multiscale=True,
