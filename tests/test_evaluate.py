@@ -147,3 +147,48 @@ def test_foreign_files_go_to_the_task_of_their_weights(tmp_path):
         assert task_of(tmp_path / f"{name}.pth").name == task
     loaded = load_trained(tmp_path / "swinir.pth")
     assert loaded.task.name == "restore" and loaded.model.cfg.upscale == 2
+
+
+def test_dtype_bfloat16_runs_the_model_in_bf16_for_eval_and_predict(checkpoint, images, capsys):
+    """--dtype bfloat16: bf16 weights and inputs (not autocast), outputs back in float32; eval's loss is the bf16
+    model's, and predict's probabilities are within bf16's rounding of float32's."""
+    from swinkit.evaluate import cast_for_inference
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(images), "--json", "--dtype",
+                 "bfloat16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, names, cfg = load_for_inference(checkpoint)
+    tf = eval_transform(cfg["img_size"], cfg["crop_pct"], cfg["mean"], cfg["std"])
+    files = sorted((images / "val").glob("*/*.png"))
+    x = torch.stack([tf(load_image(f)) for f in files])
+    y = torch.tensor([names.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        bf16 = model.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+        fp32 = model.float()(x)
+    assert result["loss"] == pytest.approx(F.cross_entropy(bf16, y).item(), rel=1e-3)
+    assert result["loss"] != pytest.approx(F.cross_entropy(fp32, y).item(), rel=1e-6)  # really bf16
+
+    loaded = load_trained(checkpoint)
+    cast_for_inference(loaded, "bfloat16")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        out = loaded.model(x)  # float32 in, float32 out: the hooks cast
+    assert out.dtype == torch.float32 and (out - fp32).abs().max() < 0.05 * fp32.abs().max()
+
+    assert main(["predict", "--checkpoint", str(checkpoint), str(files[0]), "--json", "--dtype", "bfloat16"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+    p32 = fp32[0].softmax(0)
+    assert all(abs(p["prob"] - p32[p["index"]].item()) < 0.02 for p in got)
+
+
+def test_dtype_errors(checkpoint):
+    from types import SimpleNamespace
+
+    from swinkit.evaluate import cast_for_inference
+
+    loaded = load_trained(checkpoint)
+    with pytest.raises(ValueError, match=r"^unknown --dtype 'float16': expected one of float32, bfloat16$"):
+        cast_for_inference(loaded, "float16")
+    detector = SimpleNamespace(task=SimpleNamespace(name="detect"), model=loaded.model)
+    with pytest.raises(ValueError, match=r"^--dtype bfloat16 does not apply to detectors .* use --amp bf16"):
+        cast_for_inference(detector, "bfloat16")

@@ -263,3 +263,26 @@ def test_cli_export_and_predict_onnx(checkpoint_export, tmp_path, capsys):
     assert [p["index"] for p in via_cli] == [p["index"] for p in direct]
     assert main(["predict", str(img)]) == 2
     assert "give --checkpoint (a run directory or checkpoint file) or --onnx" in capsys.readouterr().err
+
+
+def test_cli_predict_onnx_runs_without_torch(checkpoint_export, tmp_path):
+    """`swinkit predict --onnx` through the real command line where torch and torchvision cannot be imported."""
+    ckpt, onnx_path = checkpoint_export
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(img)
+    code = (
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from swinkit.cli import main\n"
+        f"rc = main(['predict', '--onnx', {str(onnx_path)!r}, {str(img)!r}, '--json', '--topk', '2'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.splitlines()[0])
+    assert got["image"] == str(img) and len(got["predictions"]) == 2
+    assert E.predict_onnx([str(img)], onnx_path, topk=2, json=True) == 0  # the same as in-process

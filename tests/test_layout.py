@@ -11,7 +11,7 @@ LOWER = {"swinkit.nn": ("swinkit.models", "swinkit.io", "swinkit.tasks", "swinki
                             "swinkit.tools"),
          "swinkit.io": ("swinkit.tasks", "swinkit.train", "swinkit.data", "swinkit.factory", "swinkit.tools")}
 MODULES = {"swinkit.nn": ["windows", "attention", "blocks"],
-           "swinkit.models": ["swin", "backbone", "heads", "segmentation", "unet", "video", "swinir", "detection"],
+           "swinkit.models": ["swin", "backbone", "heads", "segmentation", "unet", "video", "swinir", "detection", "simmim"],
            "swinkit.io": ["convert", "convert_unet", "convert_video", "convert_swinir", "checkpoint", "detection"]}
 
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinTransformer
+from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinTransformer, create_restoration_model
 from swinkit.data import IMAGENET_MEAN, IMAGENET_STD, digits_folder, eval_transform, load_image
 from swinkit.tools import export as E
 from swinkit.tools import quantize as Q
+from swinkit.tools.export import read_metadata
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -117,8 +118,8 @@ def test_int8_metadata_is_fp32_metadata_plus_quantized(q):
 def test_int8_agrees_with_fp32_on_held_out_digits_and_is_smaller(q):
     val = Q.calibration_files(digits_folder() / "val", None)  # the 359 held-out digits, none used to calibrate
     assert not set(val) & set(q.calib)
-    assert Q.top1_agreement(q.fp32, q.int8, val) >= AGREEMENT_MIN
-    assert q.info["agreement"] == Q.top1_agreement(q.fp32, q.int8, q.calib) >= AGREEMENT_MIN
+    assert Q.agreement(q.fp32, q.int8, val) >= AGREEMENT_MIN
+    assert q.info["agreement"] == Q.agreement(q.fp32, q.int8, q.calib) >= AGREEMENT_MIN
     # measured: 0.25 MB fp32, 0.05 MB int8 (the weights a quarter, plus scales, zero points and the graph)
     assert q.info["int8_mb"] < 0.35 * q.info["fp32_mb"]
     assert q.info["int8_mb"] == q.int8.stat().st_size / 1e6 and q.info["calib_images"] == 64
@@ -179,19 +180,27 @@ def test_empty_calibration_folder_is_a_clear_error(q, tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_only_classifiers_are_quantized(q, tmp_path):
+def test_segmenters_are_quantized_and_other_models_refused(q, tmp_path):
     backbone = SwinConfig(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, drop_path_rate=0.0)
+    torch.manual_seed(0)
     seg = SegmentationModel(SegmentationConfig(backbone=backbone, num_classes=3, channels=16, aux_head=False,
                                                aux_in_index=1, pool_scales=(1, 2)))
+    info = Q.quantize(seg, tmp_path / "s.int8.onnx", digits_folder() / "train", img_size=(32, 48), calib_images=8,
+                      log=lambda _: None)
+    meta = read_metadata(tmp_path / "s.int8.onnx")
+    assert (meta["task"], meta["quantized"], meta["input_shape"][2:]) == ("segment", Q.QUANTIZED, [32, 48])
+    assert info["task"] == "segment" and info["quantized_nodes"] > 0
+    assert info["agreement"] >= 0.95  # share of pixels with the same class; measured 0.99+ with random weights
+    restorer = create_restoration_model("swinir_lightweight_x2")
     with pytest.raises(Q.QuantizeError) as e:
-        Q.quantize(seg, tmp_path / "s.onnx", digits_folder() / "train")
-    assert str(e.value) == ("cannot quantize a SegmentationModel: swinkit quantize takes classifiers "
-                            "(SwinTransformer) only")
-    m = onnx.load(str(q.fp32))  # an exported file whose metadata says segment
-    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, "task": json.dumps("segment")})
-    onnx.save(m, str(tmp_path / "seg.onnx"))
+        Q.quantize(restorer, tmp_path / "r.onnx", digits_folder() / "train")
+    assert str(e.value) == ("cannot quantize a SwinIR: swinkit quantize takes classifiers (SwinTransformer) and "
+                            "segmenters (UPerNet, FPN, Swin-UNet)")
+    m = onnx.load(str(q.fp32))  # an exported file whose metadata says restore
+    onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, "task": json.dumps("restore")})
+    onnx.save(m, str(tmp_path / "restore.onnx"))
     with pytest.raises(Q.QuantizeError) as e:
-        Q.quantize_onnx(tmp_path / "seg.onnx", tmp_path / "s8.onnx", q.calib)
-    assert str(e.value) == (f"{tmp_path / 'seg.onnx'} is a segment model: swinkit quantize takes classifiers only (it "
-                            "checks the int8 file by top-1 agreement); quantize other models with onnxruntime's "
-                            "quantize_static directly")
+        Q.quantize_onnx(tmp_path / "restore.onnx", tmp_path / "r8.onnx", q.calib)
+    assert str(e.value) == (f"{tmp_path / 'restore.onnx'} is a restore model: swinkit quantize takes classifiers and "
+                            "segmenters (it checks the int8 file by the agreement of their class predictions); "
+                            "quantize other models with onnxruntime's quantize_static directly")

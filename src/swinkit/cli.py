@@ -23,7 +23,8 @@ COMMANDS = {  # name -> (module, help)
                                    "detections)"),
     "export": ("swinkit.tools.export", "export a model to ONNX / torch.export (pt2) / TorchScript, verified against "
                                        "onnxruntime, preprocessing in the metadata"),
-    "quantize": ("swinkit.tools.quantize", "post-training static INT8 of a classifier with onnxruntime (QDQ), "
+    "quantize": ("swinkit.tools.quantize", "post-training static INT8 of a classifier or segmenter with onnxruntime "
+                                           "(QDQ), "
                                            "calibrated on a folder of images; runs with predict --onnx"),
     "inspect": ("swinkit.io.checkpoint", "show a checkpoint's format, inferred config and unknown keys"),
     "convert": ("swinkit.io.checkpoint", "convert a checkpoint between formats"),

@@ -16,6 +16,8 @@ import torch
 from .tasks import DEFAULT_TASK, TASKS, get_task
 from .tasks.base import AMP_DTYPES, Loaded, Task
 
+DTYPES = ("float32", "bfloat16")  # --dtype of eval / predict (and bench)
+
 
 def checkpoint_file(path: str | Path) -> Path:
     """The file behind --checkpoint: a run directory's best.pt, or the file itself."""
@@ -83,6 +85,46 @@ def load_trained(path: str | Path) -> Loaded:
     return task.load(file, ck)
 
 
+def _cast(value, dtype: torch.dtype):
+    """Floating tensors in `value` (nested tuples, lists, dicts) cast to `dtype`; everything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cast_for_inference(loaded: Loaded, dtype: str, device: str = "cpu") -> None:
+    """--dtype: the model's weights and buffers in `dtype`, with hooks that cast its floating inputs to it and its
+    outputs back to float32, so each task's eval and predict code runs unchanged (in place)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype == "float32":
+        return
+    if loaded.task.name == "detect":
+        raise ValueError("--dtype bfloat16 does not apply to detectors (torchvision's transforms, anchors and box "
+                         "ops work in float32); use --amp bf16, which autocasts the backbone and heads")
+    if str(device).startswith("cpu") and not cpu_has_bf16():
+        print("note: this CPU has no AVX-512 BF16 or AMX, so bfloat16 matmuls are emulated and slower than float32",
+              file=sys.stderr)
+    dt = getattr(torch, dtype)
+    model = loaded.model.to(dt)
+    model.register_forward_pre_hook(lambda m, args, kwargs: (_cast(args, dt), _cast(kwargs, dt)), with_kwargs=True)
+    model.register_forward_hook(lambda m, args, out: _cast(out, torch.float32))
+
+
 def checkpoint_flag(argv: list[str] | None) -> str | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--checkpoint")
@@ -101,6 +143,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast dtype")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="weights and inputs in this dtype (bfloat16: for CPUs with AVX-512 BF16 / AMX, and GPUs)")
     parser.add_argument("--confusion", type=Path,
                         help="confusion-matrix PNG (default: confusion_matrix.png beside the checkpoint)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
@@ -110,6 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
 def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_trained(args.checkpoint)
+        cast_for_inference(loaded, args.dtype, args.device)
         ck = Path(args.checkpoint)
         args.confusion = args.confusion or (ck if ck.is_dir() else ck.parent) / "confusion_matrix.png"
         result, text = loaded.task.run_eval(loaded, args)

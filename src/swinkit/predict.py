@@ -1,29 +1,36 @@
 """`swinkit predict`: a trained checkpoint's predictions for image files or clips (class probabilities for a
-classifier or a video model, colour masks for a segmenter: whatever the checkpoint's task writes)."""
+classifier or a video model, colour masks for a segmenter: whatever the checkpoint's task writes), or an exported
+ONNX file's with onnxruntime (`--onnx FILE`: this path imports neither torch nor the models)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-import torch
-
-from .evaluate import checkpoint_flag, load_trained, task_of
-from .tasks import DEFAULT_TASK, get_task
-
 
 def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str] | None = None) -> None:
-    """The common flags and those of the checkpoint's task (classify when --checkpoint is not given yet)."""
-    path = checkpoint_flag(argv)
-    task = task_of(path) if path else get_task(DEFAULT_TASK)
+    """The common flags and those of the checkpoint's task (classify when --checkpoint is not given yet); with
+    --onnx, only the flags predict_onnx takes."""
     parser.add_argument("--checkpoint", help="run directory (uses its best.pt) or checkpoint file; its task decides "
                                              "the other flags")
     parser.add_argument("--onnx", metavar="FILE", help="instead of --checkpoint: a `swinkit export` ONNX file, run "
                                                        "with onnxruntime (classification: top-k; segmentation: masks)")
     parser.add_argument("images", nargs="+", metavar="INPUT", help="image files (video task: video files or frame "
                                                                    "folders)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per image")
+    if "--onnx" in (argv or []) or any(a.startswith("--onnx=") for a in argv or []):
+        parser.add_argument("--topk", type=int, default=5, help="classes shown per image (classifiers)")
+        return
+    import torch
+
+    from .evaluate import DTYPES, checkpoint_flag, task_of
+    from .tasks import DEFAULT_TASK, get_task
+
+    path = checkpoint_flag(argv)
+    task = task_of(path) if path else get_task(DEFAULT_TASK)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", action="store_true", help="one JSON line per image")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="weights and inputs in this dtype (bfloat16: for CPUs with AVX-512 BF16 / AMX, and GPUs)")
     task.add_predict_arguments(parser.add_argument_group(f"{task.name} task (from the checkpoint)"))
 
 
@@ -35,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         from .tools.export import predict_onnx
 
-        return predict_onnx(args.images, args.onnx, topk=getattr(args, "topk", 5), json=args.json)
+        return predict_onnx(args.images, args.onnx, topk=args.topk, json=args.json)
+    from .evaluate import cast_for_inference, load_trained
+
     try:
         loaded = load_trained(args.checkpoint)
+        cast_for_inference(loaded, args.dtype, args.device)
         return loaded.task.run_predict(loaded, args)
     except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Image classification: image folders (or the embedded digits), transforms v2 with Mixup/CutMix, a Swin
-classifier, label-smoothed cross-entropy (optionally distilled from a teacher, swinkit/distill.py), top-1/top-5, and
-top-k class predictions.
+classifier, label-smoothed cross-entropy (optionally distilled from a teacher, swinkit/distill.py), quantization-aware
+fine-tuning (--qat, swinkit/qat.py), top-1/top-5, and top-k class predictions.
 
 The recipes are data: the official Swin recipe (Liu et al. 2021, configs of microsoft/Swin-Transformer) is the
 settings' defaults; every other recipe lists only what it changes.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderData
                     eval_transform, load_image, mixup_cutmix, train_transform)
 from ..factory import create_model
 from ..models.swin import SwinTransformer
+from ..qat import count_fake_quantized, prepare_qat
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, autocast, setting
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
@@ -78,6 +80,9 @@ class ClassifySettings(DistillSettings, TaskSettings):
     crop_pct: float = setting(0.875, "eval: resize to img_size / crop_pct, centre crop")
     val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation")
     verify_images: bool = setting(True, "decode every image once before training and skip unreadable ones")
+    qat: bool = setting(False, "quantization-aware training: fine-tune the --pretrained float classifier with int8 "
+                               "fake-quantized Linear layers (torchao, swinkit/qat.py); the checkpoints stay float, "
+                               "ready for swinkit quantize")
 
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -109,6 +114,14 @@ def count_images(data: str | Path) -> int:
         return 0
     return sum(1 for c in os.scandir(root) if c.is_dir() for f in os.scandir(c.path)
                if f.name.lower().endswith(IMG_EXTENSIONS))
+
+
+def check_qat_settings(pretrained: str | None) -> None:
+    """ValueErrors for --qat settings that cannot work, each saying what to change."""
+    if pretrained is None:
+        raise ValueError("--qat starts from a float checkpoint: pass --pretrained RUN/best.pt (a trained classifier)")
+    if importlib.util.find_spec("torchao") is None:
+        raise ValueError("--qat needs torchao for its fake quantization: pip install torchao")
 
 
 def set_drop_path(model: SwinTransformer, rate: float) -> None:
@@ -236,6 +249,8 @@ class ClassifyTask(Task):
     @classmethod
     def resolve(cls, flat: dict, given: dict) -> dict:
         check_settings(flat["teacher"], flat["distill"], flat["distill_tau"], flat["distill_alpha"], flat["ema"])
+        if flat["qat"]:
+            check_qat_settings(flat["pretrained"])
         if given.get("pretrained"):
             clash = [k for k in ("model", *ARCH_KEYS[1:]) if k in given]
             if clash:
@@ -265,6 +280,8 @@ class ClassifyTask(Task):
         c, size = self.cfg, self.cfg.img_size or model.cfg.img_size[0]
         if c.distill == "hard" and not has_distillation_head(model):
             add_distillation_head(model)
+        if c.qat:  # on resume too: the saved weights are float, the fake quantizers come back here
+            prepare_qat(model)
         self.distiller = None
         if c.distill and c.teacher != "ema":  # --teacher ema: set_ema, once the loop has made its EMA
             teacher = Teacher.from_checkpoint(c.teacher, self.classes, self.env.device)
@@ -332,7 +349,8 @@ class ClassifyTask(Task):
         return {"skipped_files": skipped}
 
     def describe_model(self, model: SwinTransformer) -> str:
-        return model.cfg.describe() + (" + distillation head" if has_distillation_head(model) else "")
+        qat = f" + int8 fake quantization ({count_fake_quantized(model)} Linear layers)" if self.cfg.qat else ""
+        return model.cfg.describe() + (" + distillation head" if has_distillation_head(model) else "") + qat
 
     def describe_data(self, train, val) -> str:
         return f"{len(train)} images / {len(self.classes)} classes, val {len(val)}"

@@ -1,4 +1,4 @@
-"""`swinkit quantize`: post-training static INT8 quantization of a classifier with ONNX Runtime.
+"""`swinkit quantize`: post-training static INT8 quantization of a classifier or segmenter with ONNX Runtime.
 
     swinkit quantize --checkpoint run/best.pt --calib images/ --out model.int8.onnx [--img-size 224 224]
                      [--calib-images 64] [--per-channel | --no-per-channel] [--reduce-range]
@@ -33,6 +33,7 @@ from .export import ExportError, OnnxModel, _read_image, decode_metadata, prepro
 
 QUANTIZED = "int8 static (onnxruntime)"  # the value of the "quantized" metadata key
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
+TASKS = ("classify", "segment")  # what quantize takes: models whose predictions are classes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 
 
@@ -94,18 +95,18 @@ def _props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def top1_agreement(fp32_path: str | Path, int8_path: str | Path, files: list[Path]) -> float:
-    """Share of `files` whose top-1 class is the same under both files (images prepared as predict_onnx does)."""
+def agreement(fp32_path: str | Path, int8_path: str | Path, files: list[Path]) -> float:
+    """Share of predictions that are the same under both files (images prepared as predict_onnx does): the top-1
+    class of each image for a classifier, the class of each pixel for a segmenter."""
     a, b = OnnxModel(fp32_path), OnnxModel(int8_path)
-    xs = _inputs(files, a.meta)
-    return float(np.mean([a(x)[0].argmax() == b(x)[0].argmax() for x in xs]))
+    return float(np.mean([np.mean(a(x).argmax(1) == b(x).argmax(1)) for x in _inputs(files, a.meta)]))
 
 
 def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_files: list[str | Path], per_channel: bool = True,
                   reduce_range: bool = False) -> dict:
-    """Quantize a classifier written by `swinkit export --format onnx` to static INT8 at `out` and copy its
-    metadata; returns {"out", "fp32_mb", "int8_mb", "calib_images", "agreement" (top-1, fp32 vs int8, on the
-    calibration images), "quantized_nodes"}."""
+    """Quantize a classifier or segmenter written by `swinkit export --format onnx` to static INT8 at `out` and copy
+    its metadata; returns {"out", "fp32_mb", "int8_mb", "calib_images", "agreement" (fp32 vs int8 on the calibration
+    images: top-1 per image, or class per pixel), "quantized_nodes"}."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -116,10 +117,10 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_files: list[str 
     if "input_shape" not in meta:
         raise QuantizeError(f"{fp32_path} has no swinkit metadata (input_shape, mean, std, ...): expected a file "
                             "written by `swinkit export --format onnx`")
-    if meta["task"] != "classify":
-        raise QuantizeError(f"{fp32_path} is a {meta['task']} model: swinkit quantize takes classifiers only (it "
-                            "checks the int8 file by top-1 agreement); quantize other models with onnxruntime's "
-                            "quantize_static directly")
+    if meta["task"] not in TASKS:
+        raise QuantizeError(f"{fp32_path} is a {meta['task']} model: swinkit quantize takes classifiers and "
+                            "segmenters (it checks the int8 file by the agreement of their class predictions); "
+                            "quantize other models with onnxruntime's quantize_static directly")
     if not calib_files:
         raise QuantizeError("no calibration images given: expected a few dozen images like those the model will see")
     batches = _inputs(calib_files, meta)
@@ -140,18 +141,18 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_files: list[str 
     onnx.save(m, str(out))
     return {"out": str(out), "fp32_mb": fp32_path.stat().st_size / 1e6, "int8_mb": out.stat().st_size / 1e6,
             "calib_images": len(calib_files), "quantized_nodes": len(nodes),
-            "agreement": top1_agreement(fp32_path, out, calib_files)}
+            "agreement": agreement(fp32_path, out, calib_files), "task": meta["task"]}
 
 
 def quantize(model, out: str | Path, calib: str | Path, img_size: tuple[int, int] | None = None,
              calib_images: int = 64, per_channel: bool = True, reduce_range: bool = False, meta: dict | None = None,
              log=print) -> dict:
-    """Export a classifier (torch) to a temporary fp32 ONNX file, then `quantize_onnx` it to `out`."""
+    """Export a classifier or segmenter (torch) to a temporary fp32 ONNX file, then `quantize_onnx` it to `out`."""
     from .export import export, family
 
-    if family(model)[0] != "classify":
+    if family(model)[0] not in TASKS:
         raise QuantizeError(f"cannot quantize a {type(model).__name__}: swinkit quantize takes classifiers "
-                            "(SwinTransformer) only")
+                            "(SwinTransformer) and segmenters (UPerNet, FPN, Swin-UNet)")
     files = calibration_files(calib, calib_images)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -161,7 +162,7 @@ def quantize(model, out: str | Path, calib: str | Path, img_size: tuple[int, int
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--checkpoint", required=True, help="run directory (its best.pt) or any classifier "
-                                                            "checkpoint swinkit reads")
+                                                            "or segmenter checkpoint swinkit reads")
     parser.add_argument("--calib", required=True, type=Path, help="folder of calibration images (recursively)")
     parser.add_argument("--out", required=True, type=Path, help="the int8 .onnx file to write")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="export size; default the model's")
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         print(f"wrote {info['out']}: {info['int8_mb']:.2f} MB int8 (fp32 {info['fp32_mb']:.2f} MB, "
-              f"{info['quantized_nodes']} MatMul/Gemm/Conv quantized); top-1 agreement with fp32 "
+              f"{info['quantized_nodes']} MatMul/Gemm/Conv quantized); "
+              f"{'top-1' if info['task'] == 'classify' else 'pixel'} agreement with fp32 "
               f"{100 * info['agreement']:.1f}% on {info['calib_images']} calibration images")
     return 0
 
