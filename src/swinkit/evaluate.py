@@ -16,7 +16,7 @@ import torch
 from .tasks import DEFAULT_TASK, TASKS, get_task
 from .tasks.base import AMP_DTYPES, Loaded, Task
 
-DTYPES = ("float32", "bfloat16")  # --dtype of eval / predict (and bench)
+DTYPES = ("float32", "bfloat16")  # --dtype of eval and predict (swinkit bench offers the same two)
 
 
 def checkpoint_file(path: str | Path) -> Path:
