@@ -41,7 +41,8 @@ import torch
 
 from swinkit import convert_state_dict, create_model
 from swinkit.tools import bench
-from swinkit.tools.export import _read_image, export, preprocess, read_metadata
+from swinkit.io.images import load_image
+from swinkit.tools.export import export, preprocess, read_metadata
 from swinkit.tools.quantize import calibration_files, quantize_onnx
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +145,7 @@ def int8_gops(threads: int, n: int = 2048) -> float:
 def photographs(n: int, meta: dict) -> np.ndarray:
     """n cifar10-mini val images, spread evenly over the sorted files, prepared as predict_onnx does."""
     files = calibration_files(SHARED / "cifar10-mini" / "val", n)
-    return np.stack([preprocess(_read_image(f, 3), meta) for f in files])
+    return np.stack([preprocess(load_image(f), meta) for f in files])
 
 
 def run_batched(fn, xs: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -211,7 +212,7 @@ class Builder:
     def calib(self) -> tuple[list[Path], np.ndarray]:
         files = calibration_files(SHARED / "coco128" / "images", self.args.calib)
         meta = read_metadata(self.sk_onnx[0])
-        return files, np.stack([preprocess(_read_image(f, 3), meta) for f in files])
+        return files, np.stack([preprocess(load_image(f), meta) for f in files])
 
     def paths(self) -> dict:
         """path name -> () -> Path_."""

@@ -126,13 +126,26 @@ def test_bf16_autocast_trains_and_detects_close_to_fp32():
     images = [torch.rand(3, 96, 128)]
     targets = targets_for(images)
     torch.manual_seed(1)
-    fp32 = sum(model(images, targets).values())
+    fp32 = model(images, targets)
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = sum(model(images, targets).values())
+        losses = model(images, targets)
+        bf16 = sum(losses.values())
         feats = model.backbone(torch.rand(1, 3, 96, 128))
     assert feats["0"].dtype == torch.bfloat16
-    assert torch.isfinite(bf16) and bf16.item() == pytest.approx(fp32.item(), rel=0.05)
+    assert torch.isfinite(bf16) and set(losses) == set(fp32)
+    # The RoI heads sample among proposals ranked by objectness, which these random weights leave nearly tied, so
+    # bf16's rounding picks other RoIs: the RoI box loss, which depends on each RoI's targets, is then another
+    # sample (7% apart here, 21% without vectorised kernels, 51% for other weights) and is only required finite
+    # (torch.isfinite(bf16) above). The others do not depend on the sample: the RPN's anchors are matched by IoU
+    # and drawn by the seeded generator, and with random weights the RoI classifier and mask losses are ln 4 and
+    # ln 2 for any RoI. bf16 rounds each op by up to 2^-9 (~1.5% of the outputs' small scale over ~60 ops in
+    # quadrature), and a cross-entropy moves by at most twice its largest logit change: far under 1% of these
+    # losses (measured <= 4.5e-4 on an AMD EPYC over 6 weight draws, vectorised kernels or not), which a dropped
+    # or doubled term would exceed.
+    for name, value in losses.items():
+        if name != "loss_box_reg":
+            assert value.item() == pytest.approx(fp32[name].item(), rel=0.01), name
     bf16.backward()
     assert torch.isfinite(model.backbone.body.patch_embed.proj.weight.grad).all()
 

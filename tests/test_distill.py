@@ -32,8 +32,12 @@ TINY = [*ARCH, "--epochs", "1", "--batch-size", "8", "--lr-base-size", "8", "--t
 DIGITS = ["--epochs", "1", "--threads", "1", "--workers", "0", "--embed-dim", "16", "--depths", "1", "1",
           "--num-heads", "1", "2"]
 
-S = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.5, -2.0]])  # (B, C) student logits
-T = torch.tensor([[1.0, 0.0, -1.0], [-0.5, 2.5, 0.0]])  # teacher logits
+# float64, so that the losses match their hand computations to float64's rounding (~1e-15: rel 1e-6 below is far
+# above it, and far under the 7% of a reversed KL or the factors of a wrong tau power or reduction). In float32 a
+# KL, a small difference of O(1) logs, loses ~100 u of itself: the soft loss was 5.4e-7 from its exact value, too
+# close to 1e-6 to hold on every CPU.
+S = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.5, -2.0]], dtype=torch.float64)  # (B, C) student logits
+T = torch.tensor([[1.0, 0.0, -1.0], [-0.5, 2.5, 0.0]], dtype=torch.float64)  # teacher logits
 Y = torch.tensor([0, 2])
 
 

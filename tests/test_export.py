@@ -20,7 +20,6 @@ from conftest import randomize_
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 TOL = 1e-4
-EXPORT_PY = Path(E.__file__)
 
 
 def classifier(version: int = 1) -> SwinTransformer:
@@ -161,16 +160,16 @@ def test_onnx_metadata_carries_the_preprocessing(exported_v1):
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter where importing torch fails, with export.py loaded as a standalone module E."""
+    """`code` in a fresh interpreter where importing torch fails, with swinkit.tools.export imported as E (it
+    imports only swinkit's torch-free io.files and io.images, the one image reader every path shares)."""
     prelude = (
-        "import sys, importlib.abc, importlib.util\n"
+        "import sys, importlib.abc\n"
         "class NoTorch(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'torchvision', 'swinkit'):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
         "            raise ImportError(f'{name} is blocked in this test')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        f"spec = importlib.util.spec_from_file_location('swinkit_export', {str(EXPORT_PY)!r})\n"
-        "E = importlib.util.module_from_spec(spec); spec.loader.exec_module(E)\n")
+        "from swinkit.tools import export as E\n")
     epilogue = "\nassert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(rc)\n"
     return subprocess.run([sys.executable, "-c", prelude + code + epilogue], capture_output=True, text=True,
                           timeout=120)

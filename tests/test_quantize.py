@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinTransformer, create_restoration_model
+from swinkit import cpu
 from swinkit.data import IMAGENET_MEAN, IMAGENET_STD, digits_folder, eval_transform, load_image
 from swinkit.tools import export as E
 from swinkit.tools import quantize as Q
@@ -24,8 +25,15 @@ pytestmark = pytest.mark.usefixtures("keep_threads")
 
 CLASSES = [str(i) for i in range(10)]
 DATA = {"img_size": 32, "crop_pct": 1.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-# measured (12 epochs, seed 0): fp32 val top-1 88%; int8 top-1 agreement with fp32 on the 359 val digits 99.4%
+# issue 24's bar for the digits file on every CPU. The model is trained here, so its weights differ from CPU to CPU;
+# its file's QDQ arithmetic in float (the CPU-free ideal) agreed on 99.4% on an AMD EPYC and on a Xeon, and the int8
+# kernels must keep that (8-bit weights fell to 90.5% on the EPYC, AVX2 without VNNI: int16 saturation)
 AGREEMENT_MIN = 0.96
+# the largest logit change int8 may make, as a share of the logits' scale: each of the 11 quantized layers rounds
+# its input to 1/255 of its range and its weights to 1/128 of each row's range (7-bit), an rms error of about
+# (1/255 + 1/128) / sqrt(12) = 0.34% of the layer's scale per layer; summed over 11 layers 4%, and 10% leaves room
+# for outliers. Saturated kernels moved the logits by 31% of their scale.
+LOGIT_CHANGE_MAX = 0.10
 
 
 def digit_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +128,22 @@ def test_int8_agrees_with_fp32_on_held_out_digits_and_is_smaller(q):
     assert not set(val) & set(q.calib)
     assert Q.agreement(q.fp32, q.int8, val) >= AGREEMENT_MIN
     assert q.info["agreement"] == Q.agreement(q.fp32, q.int8, q.calib) >= AGREEMENT_MIN
-    # measured: 0.25 MB fp32, 0.05 MB int8 (the weights a quarter, plus scales, zero points and the graph)
+    assert q.info["agreement_float_qdq"] == Q.agreement(q.fp32, q.int8, q.calib, optimized=False)
+    # int8 weights are a quarter of fp32's; the scales, zero points and graph (0.03 MB here) come on top
     assert q.info["int8_mb"] < 0.35 * q.info["fp32_mb"]
     assert q.info["int8_mb"] == q.int8.stat().st_size / 1e6 and q.info["calib_images"] == 64
+    assert (q.info["reduce_range"], q.info["per_channel"], q.info["cpu"]) == (True, True, cpu.describe())
+
+
+def test_int8_kernels_compute_what_the_file_says_on_this_cpu(q):
+    """The CPU's fused int8 kernels against the file's own QDQ arithmetic in float (no graph optimisation): the same
+    integer products, so they part only where a re-quantized activation lands on the other side of a rounding
+    boundary, one step (1/255 of its range) at a time. Saturating kernels (8-bit weights on x86 without VNNI) moved
+    the logits by 31% of their scale and changed 9.5% of the top-1 predictions."""
+    x = np.concatenate(Q._inputs(Q.calibration_files(digits_folder() / "val", None), E.read_metadata(q.int8)))
+    kernels, math = E.OnnxModel(q.int8)(x), E.OnnxModel(q.int8, optimized=False)(x)
+    assert np.abs(kernels - math).max() <= 5 / 255 * np.abs(math).max()  # a few steps at most, never a saturation
+    assert np.mean(kernels.argmax(1) == math.argmax(1)) >= 0.99  # only near-ties may flip
 
 
 def test_predict_onnx_runs_the_int8_file_close_to_fp32(q, capsys):
@@ -134,9 +155,41 @@ def test_predict_onnx_runs_the_int8_file_close_to_fp32(q, capsys):
         got[name] = [{p["index"]: p["prob"] for p in json.loads(line)["predictions"]}
                      for line in capsys.readouterr().out.splitlines()]
     assert len(got["int8"]) == len(files)
-    # measured: at most 0.02 apart per class probability on these 20 digits
+    x = np.stack(Q._inputs(files, E.read_metadata(q.int8)))[:, 0]
+    fp32, int8 = E.OnnxModel(q.fp32)(x), E.OnnxModel(q.int8)(x)
+    logit_change = np.abs(int8 - fp32).max()
+    assert logit_change <= LOGIT_CHANGE_MAX * np.abs(fp32).max()
+    # softmax moves no probability by more than half the largest logit change (its Jacobian's rows have 1-norm
+    # 2 p (1 - p) <= 1/2), so predict's probabilities stay that close
     diff = max(abs(a[i] - b[i]) for a, b in zip(got["fp32"], got["int8"]) for i in a)
-    assert diff <= 0.05
+    assert diff <= logit_change / 2 + 1e-6
+
+
+def test_eight_bit_weights_are_diagnosed_where_the_kernels_saturate(q, tmp_path):
+    """--no-reduce-range: on x86 without VNNI the kernels saturate, which the float QDQ arithmetic shows; on CPUs
+    that add int8 products in int32 (VNNI, AMX, ARM) the two agree."""
+    info = Q.quantize_onnx(q.fp32, tmp_path / "w8.onnx", q.calib, reduce_range=False)
+    assert info["reduce_range"] is False and info["agreement_float_qdq"] >= AGREEMENT_MIN
+    saturates = "avx2" in cpu.cpu_flags() and not cpu.has_int8_dot()
+    if not saturates:
+        assert info["agreement"] >= AGREEMENT_MIN and Q.advice(info) is None
+    elif info["agreement"] < Q.MIN_AGREEMENT:
+        assert Q.advice(info).endswith("(int16 saturation on x86 without VNNI); quantize again with --reduce-range")
+
+
+def test_advice_names_the_kernels_or_the_grid():
+    good = {"agreement": 0.97, "agreement_float_qdq": 0.97, "reduce_range": False, "per_channel": True}
+    assert Q.advice(good) is None
+    assert Q.advice({**good, "agreement": 0.80}) == (
+        "the int8 file agrees with fp32 on 80.0% of predictions, below 95.0% (its QDQ arithmetic in float agrees on "
+        "97.0%): this CPU's int8 kernels lose what the quantization kept (int16 saturation on x86 without VNNI); "
+        "quantize again with --reduce-range")
+    assert Q.advice({**good, "agreement": 0.90, "agreement_float_qdq": 0.91, "per_channel": False}) == (
+        "the int8 file agrees with fp32 on 90.0% of predictions, below 95.0% (its QDQ arithmetic in float agrees on "
+        "91.0%): the 8-bit grid itself costs accuracy; try more calibration images (--calib-images), per-channel "
+        "weights (--per-channel), a fine-tune with `swinkit train --qat`, or keep this model in fp32")
+    assert Q.advice({**good, "agreement": 0.97}, min_agreement=0.99).startswith(
+        "the int8 file agrees with fp32 on 97.0% of predictions, below 99.0%")
 
 
 def test_cli_quantize_writes_the_same_int8_file_as_python(q, capsys):
@@ -150,6 +203,18 @@ def test_cli_quantize_writes_the_same_int8_file_as_python(q, capsys):
     x = np.stack(Q._inputs(Q.calibration_files(digits_folder() / "val", 32), E.read_metadata(out)))[:, 0]
     a, b = E.OnnxModel(out)(x), E.OnnxModel(q.int8)(x)
     assert np.abs(a - b).max() <= 1e-5  # same checkpoint, same calibration images: the same quantization
+    assert Q.main_args(["--checkpoint", str(q.dir / "best.pt"), "--calib", str(digits_folder() / "train"),
+                        "--out", str(q.dir / "text.onnx"), "--calib-images", "8", "--min-agreement", "1"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"wrote {q.dir / 'text.onnx'}: ") and lines[0].endswith(
+        f"{q.info['quantized_nodes']} MatMul/Gemm/Conv quantized, uint8 activations x 7-bit weights)")
+    assert lines[1] == f"calibrated on {cpu.describe()}"
+    assert lines[2].startswith("top-1 agreement with fp32 on 8 calibration images: ")
+    # --min-agreement 1: any disagreement is reported with what to try
+    assert (err == "") == lines[2].startswith("top-1 agreement with fp32 on 8 calibration images: 100.0%")
+    assert Q.main_args(["--checkpoint", "x", "--calib", "y", "--out", "z", "--min-agreement", "96"]) == 1
+    assert capsys.readouterr().err == ("error: --min-agreement is a share of predictions between 0 and 1, got 96.0\n")
 
 
 def test_per_tensor_quantization_has_one_scale_per_weight(q, tmp_path):
@@ -172,7 +237,7 @@ def test_empty_calibration_folder_is_a_clear_error(q, tmp_path, capsys):
     with pytest.raises(Q.QuantizeError) as e:
         Q.calibration_files(tmp_path / "empty")
     assert str(e.value) == (f"no images in {tmp_path / 'empty'} (searched recursively for "
-                            f"{', '.join(Q.IMAGE_SUFFIXES)}): calibration needs a few dozen images like those the model will see; point --calib at "
+                            f"{', '.join(Q.IMG_EXTENSIONS)}): calibration needs a few dozen images like those the model will see; point --calib at "
                             "such a folder")
     assert Q.main_args(["--checkpoint", str(q.dir / "best.pt"), "--calib", str(tmp_path / "empty"),
                         "--out", str(tmp_path / "x.onnx")]) == 1

@@ -463,7 +463,8 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, capsys):
         with Image.open(r["mask"]) as m:
             assert m.mode == "P" and m.getpalette()[:9] == [v for c in task.labels.palette for v in c]
         assert torch.equal(torch.from_numpy(S.read_mask(r["mask"])), expected)
-        assert Image.open(r["overlay"]).size == Image.open(path).size
+        with Image.open(r["overlay"]) as ov, Image.open(path) as src:  # the image, then a legend below it
+            assert ov.width == src.width and ov.height > src.height
         assert sum(r["class_fractions"].values()) == pytest.approx(1.0)
 
 

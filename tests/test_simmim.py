@@ -264,6 +264,10 @@ def test_fitting_one_batch_lowers_the_loss_and_trains_every_part():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0]  # 0.92 -> 0.74
+    # the random decoder starts worse than reconstructing nothing (0.92 against the masked pixels' own mean |x|,
+    # 0.78); 25 steps must fit it below that, to a reconstruction that predicts something of the hidden pixels
+    # (0.74 here; float32 rounding moves a step's loss by ~1e-6, so no CPU decides the comparison)
+    nothing = masked_l1(x, torch.zeros_like(x), mask, model.cfg.patch_size).item()
+    assert losses[-1] < nothing < losses[0]
     moved = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, start[n])}
     assert moved == {"encoder", "mask_token", "decoder"}

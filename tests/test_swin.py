@@ -304,7 +304,11 @@ def test_forward_features_and_pyramid():
     assert [tuple(m.shape) for m in maps] == [(2, 16, 24, 16), (2, 32, 12, 8), (2, 64, 6, 4), (2, 128, 3, 2)]
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert torch.allclose(model.norm(maps[3].permute(0, 2, 3, 1)), feats, atol=1e-6)
+        # the autograd path (maps) and the inference path (feats) round differently: sums of up to n = 512 terms
+        # (the last MLP), about sqrt(n) u = 1.4e-6 of their scale each (u = 2^-24), ~5e-6 over the 4 blocks' 8
+        # sublayers and 3 mergings in quadrature, per path: 1e-5 of the features' scale (3.6; measured 3e-7 of
+        # it). An elementwise allclose(atol=1e-6) left 2x to spare where |feature| is small.
+        assert (model.norm(maps[3].permute(0, 2, 3, 1)) - feats).abs().max() <= 1e-5 * feats.abs().max()
         assert torch.allclose(model.forward_head(feats), model(x), atol=1e-6)
     assert [m.shape[1] for m in model.forward_pyramid(x, out_indices=(1, -1))] == [32, 128]
     with pytest.raises(ValueError, match="out_indices must be stage indices in \\[0, 4\\)"):
@@ -344,5 +348,10 @@ def test_bfloat16_autocast_and_cast_model_stay_close_to_float32(version, fused):
     with torch.no_grad():
         cast = model.to(torch.bfloat16)(x.bfloat16())
     assert mixed.dtype == cast.dtype == torch.bfloat16
+    # bf16 keeps 8 significant bits: each op's output (and, cast, each weight) is rounded by up to u = 2^-9 of its
+    # scale. This model's 6 blocks (~10 rounded ops each), embedding, merging and head make ~70 roundings, whose
+    # errors of either sign add to about sqrt(70) u = 1.6% of the logits' scale; 5% allows 3x that on any CPU
+    # (native or emulated bf16, fused attention or not; measured <= 0.64% on an AMD EPYC, emulated, vectorised
+    # kernels or not). No absolute slack: the logits' scale is only ~0.05-0.15 with these weights.
     for y in (mixed, cast):
-        assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
+        assert (y.float() - ref).abs().max() <= 0.05 * ref.abs().max()

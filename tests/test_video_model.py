@@ -199,7 +199,12 @@ def test_grad_checkpointing_and_bf16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = model(x)
     with torch.no_grad():
-        assert (low.float() - model(x)).abs().max() < 0.1
+        ref = model(x)
+    # bf16 autocast rounds each op's output by up to u = 2^-9 of its scale: 4 blocks (~10 rounded ops each), the
+    # embedding, merging and head make ~50 roundings, about sqrt(50) u = 1.4% of the logits' scale in quadrature;
+    # 5% allows 3.5x that on any CPU, native or emulated bf16 (measured 0.35% on an AMD EPYC, vectorised kernels or
+    # not). Relative, as the logits' scale is 0.045: the absolute 0.1 this test had would pass any output at all.
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
 
 
 def test_video_window_and_mask_figures_come_from_the_blocks():

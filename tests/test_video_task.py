@@ -249,8 +249,11 @@ def test_recipes_digits_by_default_the_official_one_with_data_and_the_static_abl
     model = task.build_model()
     assert model.cfg.patch == (1, 4, 4) and set(model.cfg.window_size) == {(1, 4, 4)}  # no token sees 2 frames
     assert model.num_classes == 8 and task.checkpoint_meta()["class_names"] == list(DIRECTIONS)
-    official = parse("--task", "video", "--data", str(digits_root))
-    assert official.run.recipe == "default" and "--pretrained" in official.run.recipe_note
+    small = parse("--task", "video", "--data", str(digits_root))  # small clips from scratch: a model at their size
+    assert small.run.recipe == "small" and small.run.recipe_note.startswith("recipe small: ")
+    assert (small.task.img_size, small.task.frames, small.task.embed_dim) == (32, 8, 32)
+    official = parse("--task", "video", "--data", str(digits_root), "--recipe", "default")
+    assert official.run.recipe == "default" and official.run.recipe_note is None
     t, h, _ = VideoSwinConfig.from_name("video_swin_t").clip_size
     assert (official.task.frames, official.task.img_size, official.task.frame_stride) == (t, h, 2)
     assert (official.optim.lr, official.optim.weight_decay, official.schedule.epochs,

@@ -7,9 +7,15 @@ also gets the command's arguments, so its flags can depend on them (`train --tas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import inspect
+import os
+import shutil
 import sys
+import warnings
+from pathlib import Path
 
 from .allocator import tune_unless_disabled
 
@@ -33,8 +39,59 @@ COMMANDS = {  # name -> (module, help)
 }
 
 
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """swinkit's own warnings as one plain line ("warning: ..."), without Python's source path; others unchanged."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+def _cached_help(argv: list[str]) -> None:
+    """A sub-command's --help, then SystemExit(0) as argparse does: its flags depend on heavy modules (a task's flags
+    need torch and torchvision, seconds to import), so the text is kept in swinkit's cache, keyed by the arguments,
+    the files they name (a checkpoint's task brings its flags), the terminal width and swinkit's sources."""
+    from .io.files import atomic_write, cache_dir, source_digest
+
+    width = str(shutil.get_terminal_size().columns)  # argparse wraps to it
+    stamps = [f"{os.stat(a).st_mtime_ns}:{os.stat(a).st_size}" for a in argv if os.path.exists(a)]
+    file = cache_dir() / "help" / f"{source_digest(width, *argv, *stamps)}.txt"
+    try:
+        print(file.read_text(), end="")
+        raise SystemExit(0)
+    except OSError:
+        pass
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            _run(argv)
+        except SystemExit:
+            pass
+    try:
+        atomic_write(file, lambda p: p.write_text(out.getvalue()))
+    except OSError:  # a read-only home: no cache
+        pass
+    print(out.getvalue(), end="")
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as the `swinkit` program (not called from Python): plain warning lines
+        warnings.showwarning = _show_warning
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] in COMMANDS and ("-h" in argv[1:] or "--help" in argv[1:]):
+            _cached_help(argv)
+        return _run(argv)
+    except BrokenPipeError:  # the reader went away (`swinkit models | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="swinkit", description="Swin Transformer V1/V2 toolkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_) in COMMANDS.items():

@@ -23,32 +23,15 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from .io.files import cache_dir
+from .io.images import IMG_EXTENSIONS, load_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
 
 
 # ----------------------------------------------------------------------------------------------------------
 # image files
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB. 16-bit, 32-bit and float images are scaled (not clipped) to 8 bits; palette
-    images go through RGBA so a transparency entry is honoured; alpha is dropped."""
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        a = np.asarray(img, dtype=np.float64)
-        full = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        img = Image.fromarray(np.clip(a * (255.0 / full), 0, 255).round().astype(np.uint8))
-    elif img.mode == "P":
-        img = img.convert("RGBA")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as RGB (raises OSError/ValueError when it does not decode)."""
-    with Image.open(path) as img:
-        img.load()
-        return to_rgb(img)
 
 
 def check_image(path: str) -> str | None:
@@ -170,13 +153,24 @@ def build_datasets(data: str | Path, train_tf, eval_tf, val_fraction: float = 0.
                                 "sub-folder per class; it does not exist")
     if (root / "train").is_dir():
         train = ImageFolderDataset(root / "train", train_tf, verify=verify)
+        _two_classes(train, root / "train")
         if (root / "val").is_dir():
             return train, ImageFolderDataset(root / "val", eval_tf, classes=train.classes, verify=verify)
         full = train
     else:
         full = ImageFolderDataset(root, verify=verify)
+        _two_classes(full, root)
     train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
     return full.subset(train_idx, train_tf), full.subset(val_idx, eval_tf)
+
+
+def _two_classes(ds: ImageFolderDataset, folder: Path) -> None:
+    """A classifier of one class learns nothing (its loss is 0 from the start and every prediction is right): a
+    ValueError that says so."""
+    if len(ds.classes) < 2:
+        raise ValueError(f"{folder} has {len(ds.classes)} class folder ({', '.join(ds.classes)}): a classifier "
+                         "needs two or more, one sub-folder of images per class. For images of one kind without "
+                         "labels, pre-train with --task pretrain")
 
 
 class SeededSamples(Dataset):
@@ -260,13 +254,6 @@ def mixup_cutmix(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, swit
 
 # ----------------------------------------------------------------------------------------------------------
 # the embedded default: scikit-learn's handwritten digits
-
-
-def cache_dir() -> Path:
-    """$SWINKIT_CACHE, else $XDG_CACHE_HOME/swinkit, else ~/.cache/swinkit."""
-    if os.environ.get("SWINKIT_CACHE"):
-        return Path(os.environ["SWINKIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "swinkit"
 
 
 def digits_folder(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> Path:

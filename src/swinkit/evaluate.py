@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
+from .cpu import has_bf16
+from .io.files import CheckpointError, NonFiniteWarning, check_outputs, dumps, non_finite, read_weights
 from .tasks import DEFAULT_TASK, TASKS, get_task
 from .tasks.base import AMP_DTYPES, Loaded, Task
 
@@ -32,11 +35,18 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def _swinkit_checkpoint(path: Path, mmap: bool = False) -> dict | None:
-    """The content of a checkpoint written by `swinkit train` (a dict with "model" and "config"), else None."""
+def _swinkit_checkpoint(path: Path) -> dict | None:
+    """The content of a checkpoint written by `swinkit train` (a dict with "model" and "config"), or of a
+    .safetensors file converted from one (`swinkit convert`, which keeps its task meta); else None. CheckpointError
+    for a file that is empty, truncated or not a checkpoint."""
+    if path.suffix == ".safetensors":
+        sd, meta = read_weights(path)
+        if "swinkit_task" not in meta:
+            return None
+        return {"model": sd, "config": json.loads(meta["swinkit_config"]), **json.loads(meta["swinkit_task"])}
     if path.suffix not in (".pt", ".pth"):
         return None
-    ck = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    ck = read_weights(path)[0]
     return ck if isinstance(ck, dict) and "model" in ck and "config" in ck else None
 
 
@@ -69,8 +79,10 @@ def task_of(path: str | Path) -> type[Task]:
             name = json.loads((path / "config.json").read_text()).get("task")
         else:
             file = checkpoint_file(path)
-            ck = _swinkit_checkpoint(file, mmap=True)
-            name = ck.get("task", DEFAULT_TASK) if ck else foreign_task(file)
+            with warnings.catch_warnings():  # load_trained reports what is wrong with the weights
+                warnings.simplefilter("ignore")
+                ck = _swinkit_checkpoint(file)
+                name = ck.get("task", DEFAULT_TASK) if ck else foreign_task(file)
     except Exception:  # noqa: BLE001 - only a hint for the flags; load_trained reports the real problem
         name = None
     return get_task(name if name in TASKS else DEFAULT_TASK)
@@ -80,9 +92,17 @@ def load_trained(path: str | Path) -> Loaded:
     """The model (eval mode, CPU) and the task's meta from a run directory (its best.pt), a swinkit training
     checkpoint, or a file in another format (its task from its weights' layout, see foreign_task)."""
     file = checkpoint_file(path)
-    ck = _swinkit_checkpoint(file)
-    task = get_task(ck.get("task", DEFAULT_TASK) if ck else foreign_task(file))
-    return task.load(file, ck)
+    with warnings.catch_warnings():  # non-finite weights: refused below with their names
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        ck = _swinkit_checkpoint(file)
+        task = get_task(ck.get("task", DEFAULT_TASK) if ck else foreign_task(file))
+        loaded = task.load(file, ck)
+    bad = non_finite(loaded.model.state_dict())
+    if bad:
+        names = ", ".join(k for k, _, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{file} holds NaN or infinite weights in {len(bad)} tensor(s) ({names}): every "
+                              "prediction of it would be meaningless. Retrain, or use an earlier checkpoint")
+    return loaded
 
 
 def _cast(value, dtype: torch.dtype):
@@ -96,16 +116,6 @@ def _cast(value, dtype: torch.dtype):
     return value
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX); elsewhere oneDNN emulates it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def cast_for_inference(loaded: Loaded, dtype: str, device: str = "cpu") -> None:
     """--dtype: the model's weights and buffers in `dtype`, with hooks that cast its floating inputs to it and its
     outputs back to float32, so each task's eval and predict code runs unchanged (in place)."""
@@ -116,7 +126,7 @@ def cast_for_inference(loaded: Loaded, dtype: str, device: str = "cpu") -> None:
     if loaded.task.name == "detect":
         raise ValueError("--dtype bfloat16 does not apply to detectors (torchvision's transforms, anchors and box "
                          "ops work in float32); use --amp bf16, which autocasts the backbone and heads")
-    if str(device).startswith("cpu") and not cpu_has_bf16():
+    if str(device).startswith("cpu") and not has_bf16():
         print("note: this CPU has no AVX-512 BF16 or AMX, so bfloat16 matmuls are emulated and slower than float32",
               file=sys.stderr)
     dt = getattr(torch, dtype)
@@ -155,11 +165,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_trained(args.checkpoint)
         cast_for_inference(loaded, args.dtype, args.device)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         ck = Path(args.checkpoint)
         args.confusion = args.confusion or (ck if ck.is_dir() else ck.parent) / "confusion_matrix.png"
+        check_outputs([args.confusion], [checkpoint_file(ck), args.data], overwrite=True, flag="--confusion")
         result, text = loaded.task.run_eval(loaded, args)
     except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(result) if args.json else text)
+    print(dumps(result) if args.json else text)
     return 0

@@ -9,8 +9,10 @@ coordinate table to the bias table; the position bias stays float in deployment)
 Conv2d (torchao's QAT swaps Linear and Embedding layers only; onnxruntime does quantize that one Conv).
 
 The scheme, as close to `swinkit quantize` as torchao's `IntxFakeQuantizeConfig` goes:
-    weights      int8 symmetric per output channel: s = max|w_row| / 127.5, q = clamp(round(w / s), -128, 127)
-                 (onnxruntime: s = max|w_row| / 127, q in [-127, 127]: a grid 0.4 % finer than torchao's)
+    weights      7-bit symmetric per output channel, the range `swinkit quantize` writes by default (its
+                 `reduce_range`, which no x86 CPU's int8 kernels saturate): s = max|w_row| / 63.5,
+                 q = clamp(round(w / s), -64, 63) (onnxruntime: s = max|w_row| / 64, q in [-64, 64]); 8-bit
+                 (s = max|w_row| / 127.5, q in [-128, 127]) where quantize's REDUCE_RANGE is off
     activations  uint8 asymmetric per token, dynamic: each token's [min(x, 0), max(x, 0)] mapped onto 0..255
                  (onnxruntime: uint8 asymmetric per tensor, static, from MinMax calibration; torchao's integer
                  fake quantizer has no per-tensor granularity, so QAT sees a little less activation rounding)
@@ -27,6 +29,8 @@ import logging
 
 import torch
 import torch.nn as nn
+
+from .tools.quantize import REDUCE_RANGE
 
 # the last name part of the Linear layers fake-quantized inside a Swin, besides everything under `head`
 QAT_LAYERS = ("qkv", "proj", "fc1", "fc2", "reduction")
@@ -57,8 +61,9 @@ def qat_config():
     """torchao's QATConfig of the scheme above (prepare step)."""
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
+    weights = torch.int7 if REDUCE_RANGE else torch.int8
     return QATConfig(activation_config=IntxFakeQuantizeConfig(torch.uint8, "per_token", is_symmetric=False),
-                     weight_config=IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True),
+                     weight_config=IntxFakeQuantizeConfig(weights, "per_channel", is_symmetric=True),
                      step="prepare")
 
 

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     add_tile_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast dtype")
+    parser.add_argument("--overwrite", action="store_true", help="replace PNGs that exist in --out already")
 
 
 def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
@@ -40,9 +41,15 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     else:
         from .factory import create_restoration_model
 
+        from .io.checkpoint import RESTORATION_PRETRAINED
+
         kind = args.task or "sr"
         name = args.model or default_model(kind, args.scale or (2 if kind == "sr" else 1), args.sigma or 25,
                                            args.quality or 40)
+        if name not in RESTORATION_PRETRAINED:
+            raise ValueError(f"{name} has no released weights to download: train it (swinkit train --task restore "
+                             f"--model {name} --data HR_IMAGES) and restore with --checkpoint RUN_DIR, or pick a "
+                             f"--model with weights: {', '.join(RESTORATION_PRETRAINED)}")
         model = create_restoration_model(name, pretrained=True).eval()
         c = model.cfg
         meta = restoration_meta(args.task or ("sr" if c.upscale > 1 else "denoise"), c.upscale, args.sigma or 0,
@@ -65,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if args.tile is not None and args.tile < 1:
             raise ValueError(f"--tile must be >= 1, got {args.tile}")
         model, meta = _model(args)
-    except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra
-        print(f"error: {e}", file=sys.stderr)
+        device = torch.device(args.device)
+        return restore_files(model.to(device), meta, args.inputs, args.out, device, AMP_DTYPES[args.amp],
+                             args.tile, args.tile_overlap, args.overwrite)
+    except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: a missing optional extra; ValueError:
+        print(f"error: {e}", file=sys.stderr)                # also an output that would replace a file (OutputError)
         return 1
-    device = torch.device(args.device)
-    return restore_files(model.to(device), meta, args.inputs, args.out, device, AMP_DTYPES[args.amp], args.tile,
-                         args.tile_overlap)

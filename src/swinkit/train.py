@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .data import SeededSamples
-from .io.checkpoint import atomic_write
+from .io.files import CheckpointError, atomic_write, read_weights, write_json
 from .models.swin import SwinTransformer
 from .nn.blocks import SwinBlock
 from .tasks import DEFAULT_TASK, TASKS, get_task
@@ -107,7 +107,7 @@ def resolve_settings(args: argparse.Namespace) -> TrainSettings:
     if recipe not in task.recipes:
         raise TrainingError(f"unknown recipe {recipe!r} for task {task.name}; expected one of {list(task.recipes)}")
     flat = {**TrainSettings.defaults(task.Settings), **task.recipes[recipe], **given, "recipe": recipe,
-            "recipe_note": note, "task": task.name}
+            "recipe_note": note, "task": task.name, "given": sorted(given)}
     return TrainSettings.from_flat(task.resolve(flat, given), task.Settings)
 
 
@@ -278,8 +278,7 @@ class Trainer:
         self.rank, self.world, self.device = setup_distributed(s.device)
         self.main = self.rank == 0
         self.run_dir = self._run_dir()
-        resume = torch.load(self.run_dir / "last.pt", map_location="cpu", weights_only=True) \
-            if s.run.resume else None
+        resume = self._read_last() if s.run.resume else None
         self.amp_dtype = self._amp_dtype()
         self.task = get_task(s.run.task)(s, Env(self.device, self.rank, self.world, self.amp_dtype))
         self._build_data()
@@ -309,6 +308,12 @@ class Trainer:
         self.train_ds, self.val_ds = self.task.build_datasets()
         self.train_data = SeededSamples(self.train_ds, s.run.seed)
         per_rank = len(self.train_ds) // self.world
+        fits = per_rank // s.optim.accum_steps
+        if 0 < fits < s.loader.batch_size and "batch_size" not in s.run.given:  # a default too large for the data
+            fitted = 2 ** int(math.log2(fits))
+            tqdm.write(f"batch size {fitted} instead of {s.loader.batch_size}: the training set has {per_rank} images "
+                       f"per process (--batch-size sets it; the lr scales with it)")
+            s.loader.batch_size = fitted
         self.updates_per_epoch = per_rank // (s.loader.batch_size * s.optim.accum_steps)
         if self.updates_per_epoch == 0:
             raise TrainingError(f"the training set has {per_rank} images per process, fewer than one update's "
@@ -469,6 +474,18 @@ class Trainer:
         self.stopping |= bool(flags[1] > 0)
         return flags[2].item() / self.world
 
+    def _read_last(self) -> dict:
+        """last.pt of the run being resumed; a TrainingError that offers what is left when it does not read."""
+        last = self.run_dir / "last.pt"
+        try:
+            return read_weights(last)[0]
+        except CheckpointError as e:
+            best = self.run_dir / "best.pt"
+            why = str(e).removesuffix(" Re-download or re-save it.")  # CheckpointError's advice is for downloads
+            offer = f"fine-tune from its best weights with --pretrained {best}, or " if best.is_file() else ""
+            raise TrainingError(f"cannot resume {self.run_dir}: {why} Instead, {offer}start a fresh run with "
+                                "another --out") from None
+
     def _nonfinite_message(self, what: str) -> str:
         last = self.run_dir / "last.pt"
         kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
@@ -573,8 +590,9 @@ class Trainer:
         plot_curves(self.history, self.run_dir / "curves.png", self.task.plot_metrics or (self.metric,))
         val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
         ema = f"ema_val_{self.metric}"
+        val_loss = f"val loss {row['val_loss']:.4f}  " if math.isfinite(row["val_loss"]) else ""  # detectors: none
         tqdm.write(f"epoch {row['epoch']}/{self.s.schedule.epochs}  train loss {row['train_loss']:.4f}  "
-                   f"val loss {row['val_loss']:.4f}  {self.task.describe(val)}"
+                   f"{val_loss}{self.task.describe(val)}"
                    + (f"  (EMA {self.task.describe({self.metric: row[ema]})})" if ema in row else "")
                    + f"  lr {row['lr']:.2e}  {row['images_per_sec']:.0f} img/s")
 
@@ -602,7 +620,7 @@ class Trainer:
         config = {"task": self.task.name, "args": self.s.to_flat(), "model": self.task.model_config(self.model),
                   **self.task.checkpoint_meta(), "world_size": self.world, "command": sys.argv,
                   "versions": {"swinkit": __version__, "torch": torch.__version__}}
-        atomic_write(self.run_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2)))
+        write_json(self.run_dir / "config.json", config)
 
     # ---- the run
 
@@ -629,7 +647,7 @@ class Trainer:
         self.totals["wall_seconds"] += time.perf_counter() - start
         summary = self.summary(status)
         if self.main:
-            atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+            write_json(self.run_dir / "summary.json", summary)
             self.writer.close()
         return summary
 
@@ -637,6 +655,8 @@ class Trainer:
         s, n = self.s, sum(p.numel() for p in self.model.parameters())
         if s.run.recipe_note and not s.run.resume:
             tqdm.write(s.run.recipe_note)
+        for note in self.task.notes():
+            tqdm.write(note)
         total = s.loader.batch_size * s.optim.accum_steps * self.world
         tqdm.write(f"{'resuming' if s.run.resume else 'training'} {self.task.describe_model(self.model)} "
                    f"({n / 1e6:.2f}M params, task {self.task.name}, recipe {s.run.recipe}) on "

@@ -13,10 +13,8 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from .convert import (FORMATS, SEG_BACKBONES, STRUCTURE, detect_format, effectiv
 from .convert_swinir import (hf_swin2sr_config, infer_swinir_config, is_swinir_state_dict, swinir_fields_from_hf,
                              swinir_from_swinkit, swinir_to_swinkit)
 from .convert_unet import is_unet, load_unet
+from .files import WEIGHT_FILES, CheckpointError, NonFiniteWarning, atomic_write, check_outputs, dumps, read_weights, write_json
 from .convert_video import (VIDEO_FORMATS, infer_video_config, inflate_state_dict, is_video_state_dict,
                             video_from_swinkit, video_to_swinkit)
 from ..models.backbone import SwinBackbone
@@ -42,76 +41,13 @@ from ..models.swinir import SwinIR
 from ..models.video import VideoSwinTransformer
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the requested model; the message says what to do."""
-
-
 # ----------------------------------------------------------------------------------------------------------
 # reading files safely
 
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 MAIN_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "params")  # params: the SwinIR zoo's
 EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "model_ema_state_dict", "ema_state_dict", "params_ema")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-
-
-def _sniff(path: Path) -> str:
-    """'zip' | 'pickle' | 'safetensors' from the first bytes, or a CheckpointError."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if not head:
-        raise CheckpointError(f"{path} is empty (0 bytes): expected a checkpoint. Re-download or re-save it.")
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head[0] == 0x80:
-        return "pickle"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
-        return "safetensors"
-    raise CheckpointError(f"{path} is not a checkpoint: expected a PyTorch file (.pth/.pt/.bin) or a "
-                          f".safetensors file, but it starts with {head[:8]!r}")
-
-
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}). Re-download or re-save it.") \
-                from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        detail = [line.strip() for line in str(e).split("error:")[-1].splitlines() if line.strip()]
-        what = (f"needs arbitrary Python objects to unpickle ({found[1]})" if found else
-                f"uses pickle features the safe loader refuses ({detail[0] if detail else 'unsupported'})")
-        raise CheckpointError(
-            f"{path} {what}; unpickling it could run code, so it was not loaded. Ask for a safetensors version "
-            "of it, or, if you trust its source, re-save its tensors once with "
-            "safetensors.torch.save_file(state_dict, 'weights.safetensors').") from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, IndexError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)}). Re-download or re-save it.") \
-            from None
-
-
-def _safetensors_load(path: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is a truncated or corrupt safetensors file ({_first_line(e)}). "
-                              "Re-download or re-save it.") from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def _read_weights(path: Path) -> tuple[object, dict]:
-    """(loaded object, safetensors metadata)."""
-    if _sniff(path) == "safetensors":
-        return _safetensors_load(path)
-    return _torch_load(path), {}
 
 
 def _read_dir(path: Path) -> tuple[object, dict, Path]:
@@ -120,12 +56,13 @@ def _read_dir(path: Path) -> tuple[object, dict, Path]:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         merged = {}
         for shard in shards:
-            merged.update(_read_weights(path / shard)[0])
+            merged.update(read_weights(path / shard)[0])
         return merged, {}, index
-    file = next((path / n for n in WEIGHT_FILES if (path / n).exists()), None)
+    file = next((path / n for n in (*WEIGHT_FILES, "best.pt") if (path / n).exists()), None)  # best.pt: a run's
     if file is None:
-        raise CheckpointError(f"{path} is a directory without weights: expected one of {', '.join(WEIGHT_FILES)}")
-    return *_read_weights(file), file
+        raise CheckpointError(f"{path} is a directory without weights: expected one of {', '.join(WEIGHT_FILES)} "
+                              "(a model directory) or best.pt (a `swinkit train` run)")
+    return *read_weights(file), file
 
 
 def _unwrap(obj, use_ema: bool, path: Path) -> dict:
@@ -251,7 +188,7 @@ def read_raw(path, use_ema: bool = False) -> RawCheckpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    obj, meta, weights = _read_dir(path) if path.is_dir() else (*_read_weights(path), path)
+    obj, meta, weights = _read_dir(path) if path.is_dir() else (*read_weights(path), path)
     sd = simmim_encoder_state_dict(_fold_distillation_head(_unwrap(obj, use_ema, path)))  # a SimMIM run: its encoder
     return RawCheckpoint(path, obj, meta, weights, sd)
 
@@ -707,25 +644,6 @@ def load_restoration_into_named(name: str, checkpoint=None, pretrained: bool | s
 # saving
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """write(tmp) on a temporary file beside `path`, then rename it over `path`, so an interrupted save never
-    leaves a partial file under its name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _plain(sd: dict) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
 
@@ -736,19 +654,33 @@ def _write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> No
     atomic_write(path, lambda tmp: save_file(_plain(sd), str(tmp), metadata={"format": "pt", **(metadata or {})}))
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+# what a training checkpoint holds besides the weights and their config that a trained model needs to be used: its
+# task and that task's meta (class names, preprocessing, labels and palette, restoration or SimMIM settings). The
+# rest (optimizer, EMA, RNG, history, flags) only continues training.
+TRAINING_ONLY = ("model", "config", "optimizer", "ema", "rng", "args", "epoch", "history", "metrics", "sampler",
+                 "scheduler", "scaler")
 
 
-def save_state_dict(sd: dict, cfg: SwinConfig, path, class_names: list[str] | None = None) -> None:
-    """swinkit checkpoint: `path` (.safetensors, config in its metadata) and `<stem>.json` (config) beside it."""
+def task_meta(obj) -> dict | None:
+    """The task meta of a swinkit training checkpoint (see TRAINING_ONLY), or None for any other object."""
+    if not (isinstance(obj, dict) and "model" in obj and isinstance(obj.get("config"), dict)):
+        return None
+    return {k: v for k, v in obj.items() if k not in TRAINING_ONLY}
+
+
+def save_state_dict(sd: dict, cfg: SwinConfig, path, class_names: list[str] | None = None,
+                    meta: dict | None = None) -> None:
+    """swinkit checkpoint: `path` (.safetensors, config in its metadata) and `<stem>.json` (config) beside it.
+    `meta`: a training checkpoint's task meta (task_meta), kept in the metadata as "swinkit_task" so that eval and
+    predict use the file as they use the run (same preprocessing, class names, task)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"swinkit checkpoints are .safetensors files; got {path.name!r} "
                          f"(use {path.with_suffix('.safetensors').name!r})")
-    meta = {"swinkit_config": cfg.to_json(), "class_names": json.dumps(class_names)}
+    meta = {"swinkit_config": cfg.to_json(), "class_names": json.dumps(class_names),
+            **({"swinkit_task": dumps(meta)} if meta else {})}
     _write_safetensors(sd, path, meta)
-    _write_json({**cfg.to_dict(), **({"class_names": class_names} if class_names else {})}, path.with_suffix(".json"))
+    write_json(path.with_suffix(".json"), {**cfg.to_dict(), **({"class_names": class_names} if class_names else {})})
 
 
 def save_model(model: SwinTransformer, path, class_names: list[str] | None = None) -> None:
@@ -777,14 +709,16 @@ def _hf_config(cfg: SwinConfig, class_names: list[str] | None) -> dict:
     return c
 
 
-def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", class_names=None) -> Path:
+def write_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", class_names=None,
+                     meta: dict | None = None) -> Path:
     """Write a swinkit state dict as format `fmt`: hf -> a directory (config.json + model.safetensors);
     others -> `path` as .pth/.pt/.bin (torch.save; official wrapped in {"model": ...}) or safetensors. A video
     model (VideoSwinConfig) converts to official / mmaction2 ({"state_dict": {"backbone.*", "cls_head.*"}}) or
-    torchvision (swin3d's state dict); a restoration model (SwinIRConfig) to official ({"params": ...}) or hf."""
+    torchvision (swin3d's state dict); a restoration model (SwinIRConfig) to official ({"params": ...}) or hf.
+    `meta`: the task meta that swinkit files keep (save_state_dict); other formats have no place for it."""
     path = Path(path)
     if fmt == "swinkit":
-        save_state_dict(sd, cfg, path, class_names)
+        save_state_dict(sd, cfg, path, class_names, meta)
         return path
     if isinstance(cfg, SwinIRConfig):  # official: {"params": ...} as the SwinIR zoo; hf: a transformers directory
         out = swinir_from_swinkit(sd, fmt, cfg)
@@ -803,7 +737,7 @@ def _write_converted(out: dict, path: Path, hf_config: dict | None, wrap) -> Pat
     config.json); else .pth/.pt/.bin (torch.save of wrap(tensors)) or safetensors."""
     if hf_config is not None:
         _write_safetensors(out, path / "model.safetensors")
-        _write_json(hf_config, path / "config.json")
+        write_json(path / "config.json", hf_config)
     elif path.suffix in (".pth", ".pt", ".bin"):
         obj = wrap(_plain(out))
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -915,6 +849,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             choices=list(dict.fromkeys([*FORMATS, *SEG_BACKBONES, *VIDEO_FORMATS])),
                             help="output format (default: swinkit); segmentation models: swinkit, official, mmseg, "
                                  "hf; video models: swinkit, official, mmaction2, torchvision")
+        parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists (never src)")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     parser.add_argument("--window-size", type=int, help="window size, where the checkpoint does not record it")
     parser.add_argument("--img-size", type=int, help="image size, where the checkpoint does not record it")
@@ -939,19 +874,41 @@ def _inspect(ckpt: Checkpoint) -> str:
     return "\n".join(lines)
 
 
+def _dropped(meta: dict | None, fmt: str) -> str | None:
+    """The note for a conversion to `fmt` of a training checkpoint whose task meta `fmt` cannot hold."""
+    if not meta or fmt == "swinkit":
+        return None
+    lost = [k for k in meta if k != "task" and not (k == "class_names" and fmt == "hf")]
+    if not lost:
+        return None
+    data = meta.get("data") or {}
+    shown = ", ".join(f"{k} {data[k]}" for k in ("img_size", "crop_pct") if k in data)
+    what = {"data": f"preprocessing ({shown + ', ' if shown else ''}mean, std)", "class_names": "class names"}
+    return (f"note: --to {fmt} has no place for the {', '.join(what.get(k, k) for k in lost)} of this "
+            f"{meta.get('task', 'classify')} run; eval and predict with the converted file use defaults (--to swinkit "
+            "keeps them)")
+
+
 def run(args) -> int:
     hints = {k: v for k, v in (("window_size", args.window_size), ("img_size", args.img_size)) if v}
     src, strict = (args.path, False) if args.command == "inspect" else (args.src, True)
     try:
+        if args.command == "convert":
+            sidecar = [Path(args.dst).with_suffix(".json")] if args.to == "swinkit" else []
+            check_outputs([args.dst, *sidecar], [src], args.overwrite, flag="dst")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if args.command == "inspect" else "default")
+            warnings.simplefilter("default", NonFiniteWarning)  # inspect, too, says which tensors are not finite
             raw = read_raw(src, args.ema)
             from .detection import is_detection_state_dict  # it imports this module
 
+            meta = task_meta(raw.obj)
+            if args.command == "convert" and (note := _dropped(meta, args.to)):
+                print(note, file=sys.stderr)
             if is_detection_state_dict(raw.state_dict):
                 return _run_detection(args, src)
             if is_segmentation_state_dict(raw.state_dict):
-                return _run_segmentation(args, read_segmentation_checkpoint(src, strict=strict, raw=raw))
+                return _run_segmentation(args, read_segmentation_checkpoint(src, strict=strict, raw=raw), meta)
             video = is_video_state_dict(raw.state_dict)
             ckpt = (read_video_checkpoint(src, strict=strict, raw=raw) if video else
                     read_checkpoint(src, use_ema=args.ema, strict=strict, known=hints, raw=raw))
@@ -969,8 +926,8 @@ def run(args) -> int:
             assumed = ", ".join(f"{f}={getattr(ckpt.config, f)}" for f in guessed)
             hint = "" if video else " (pass --window-size / --img-size if it differs)"
             print(f"note: {args.src} does not record {', '.join(guessed)}; assumed {assumed}{hint}", file=sys.stderr)
-        out = write_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names)
-    except (CheckpointError, ValueError) as e:
+        out = write_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names, meta)
+    except (CheckpointError, ValueError) as e:  # ValueError: also OutputError
         print(f"swinkit {args.command}: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({args.to}, {_kind(ckpt.config)}, {ckpt.config.name})")
@@ -1008,12 +965,13 @@ def _run_detection(args, src) -> int:
     return 0
 
 
-def _run_segmentation(args, ckpt: "SegmentationCheckpoint") -> int:
-    """`swinkit inspect` / `swinkit convert` of a segmentation checkpoint."""
+def _run_segmentation(args, ckpt: "SegmentationCheckpoint", meta: dict | None) -> int:
+    """`swinkit inspect` / `swinkit convert` of a segmentation checkpoint (`meta`: a training checkpoint's task
+    meta, kept by --to swinkit)."""
     if args.command == "inspect":
         print(_inspect_segmentation(ckpt))
         return 0
-    out = write_segmentation_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names)
+    out = write_segmentation_checkpoint(ckpt.state_dict, ckpt.config, args.dst, args.to, ckpt.class_names, meta)
     print(f"wrote {out} ({args.to}, {ckpt.config.head} on Swin V{ckpt.config.backbone.version}, {ckpt.config.name})")
     return 0
 
@@ -1209,13 +1167,13 @@ def _hf_upernet_config(cfg: SegmentationConfig, class_names: list[str] | None) -
 
 
 def write_segmentation_checkpoint(sd: dict, cfg: SegmentationConfig, path, fmt: str = "swinkit",
-                                  class_names=None) -> Path:
+                                  class_names=None, meta: dict | None = None) -> Path:
     """Write a swinkit segmentation state dict as `fmt`: swinkit (.safetensors + config JSON), hf (a directory:
     config.json + model.safetensors, for UperNetForSemanticSegmentation.from_pretrained), official / mmseg
     (.pth/.pt: {"state_dict": ..., "meta": {"CLASSES": ...}} as mmseg saves; other suffixes: safetensors)."""
     path = Path(path)
     if fmt == "swinkit":
-        save_state_dict(sd, cfg, path, class_names)
+        save_state_dict(sd, cfg, path, class_names, meta)
         return path
     out = segmentation_from_swinkit(sd, fmt, cfg)
     hf = _hf_upernet_config(cfg, class_names) if fmt == "hf" else None

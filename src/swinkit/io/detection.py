@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from ..config import DET_VARIANTS, DetectionConfig, SwinConfig
-from .checkpoint import (CheckpointError, RawCheckpoint, _split_overrides, _write_json, _write_safetensors, atomic_write,
-                         read_raw)
+from .checkpoint import CheckpointError, RawCheckpoint, _split_overrides, _write_safetensors, read_raw
 from .convert import (BACKBONE_TEMPLATES, SEG_BACKBONES, STRUCTURE, Layout, _apply, _consistent, _listing, _rules,
                       from_swinkit, import_state_dict, infer_config)
+from .files import atomic_write, write_json
 
 BODY, FPN = "backbone.body.", "backbone.fpn."
 
@@ -346,7 +346,7 @@ def save_detector(model, path, class_names: list[str] | None = None) -> Path:
     sd = model.state_dict()
     if path.suffix == ".safetensors":
         _write_safetensors(sd, path, {"swinkit_config": cfg.to_json(), "class_names": json.dumps(names)})
-        _write_json({**cfg.to_dict(), **({"class_names": names} if names else {})}, path.with_suffix(".json"))
+        write_json(path.with_suffix(".json"), {**cfg.to_dict(), **({"class_names": names} if names else {})})
     elif path.suffix in (".pt", ".pth"):
         obj = {"config": cfg.to_dict(), "model": {k: v.detach().cpu().clone() for k, v in sd.items()},
                "class_names": names}

@@ -73,14 +73,32 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def setting(default: Any, help: str = "", *, flag: str | None = None, nargs: str | int | None = None,
-            choices: list | None = None, type: Any = None, cli: bool = True) -> Any:
+            choices: list | None = None, type: Any = None, cli: bool = True, valid: str | None = None) -> Any:
     """A settings field. `flag`: its flat key / flag name when not the field's name (EmaSettings.decay is
     `ema_decay`, `--ema-decay`); `nargs`, `choices`, `type`: passed to argparse (type defaults to the field's
-    annotation, bools become --x/--no-x); `cli=False`: set by recipes and the loop only, no flag."""
-    meta = {"help": help, "flag": flag, "nargs": nargs, "choices": choices, "type": type, "cli": cli}
+    annotation, bools become --x/--no-x); `cli=False`: set by recipes and the loop only, no flag. `valid`: the
+    values that make sense, checked before a run starts (VALID: ">= 1", "> 0", ">= 0", "0..1", "(0, 1]")."""
+    assert valid is None or valid in VALID, valid
+    meta = {"help": help, "flag": flag, "nargs": nargs, "choices": choices, "type": type, "cli": cli,
+            "valid": valid}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+VALID = {">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+         "0..1": lambda v: 0 <= v <= 1, "[0, 1)": lambda v: 0 <= v < 1, "(0, 1]": lambda v: 0 < v <= 1}
+
+
+def check_valid(group) -> None:
+    """ValueError naming the flag of the first field of `group` whose value makes no sense (see setting's valid)."""
+    for f in dataclasses.fields(group):
+        rule, value = f.metadata.get("valid"), getattr(group, f.name)
+        if rule is None or value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not VALID[rule](v):
+                raise ValueError(f"--{flat_key(f).replace('_', '-')} must be {rule}, got {v}")
 
 
 def flat_key(f: dataclasses.Field) -> str:
@@ -93,11 +111,13 @@ class RunSettings:
     task: str = setting("classify", "what to train (see swinkit.tasks.TASKS)", cli=False)
     recipe: str | None = setting(None, cli=False)  # the flag is added with the task's recipe names as choices
     recipe_note: str | None = setting(None, "why the recipe was picked (Task.choose_recipe)", cli=False)
+    given: list[str] = setting([], "the settings given as flags (the others came from defaults and the recipe, and "
+                                   "the loop may fit them to the data)", cli=False)
     out: str | None = setting(None, "run directory (default: runs/<date-time>)")
     resume: str | None = setting(None, "continue the run in RUN_DIR exactly where it stopped", cli=False)
     seed: int = setting(0, "seed of weights, data order and augmentation")
-    ckpt_every: int = setting(0, "also save last.pt every N updates")
-    log_every: int = setting(50, "TensorBoard step-log interval in updates")
+    ckpt_every: int = setting(0, "also save last.pt every N updates", valid=">= 0")
+    log_every: int = setting(50, "TensorBoard step-log interval in updates", valid=">= 1")
     deterministic: bool = setting(False, "deterministic algorithms")
 
 
@@ -105,44 +125,45 @@ class RunSettings:
 class OptimSettings:
     """AdamW: lrs are per `lr_base_size` images and scale linearly with the total batch (batch_size x
     accum_steps x processes)."""
-    lr: float = setting(5e-4, "peak lr per --lr-base-size images")
-    lr_base_size: int = setting(512, "the batch the lrs are given for")
-    weight_decay: float = setting(0.05, "none on norms, biases, position tables, logit scale, CPB MLP")
-    layer_decay: float = setting(1.0, "layer-wise lr decay over the Swin's blocks (1 = off)")
+    lr: float = setting(5e-4, "peak lr per --lr-base-size images", valid="> 0")
+    lr_base_size: int = setting(512, "the batch the lrs are given for", valid=">= 1")
+    weight_decay: float = setting(0.05, "none on norms, biases, position tables, logit scale, CPB MLP", valid=">= 0")
+    layer_decay: float = setting(1.0, "layer-wise lr decay over the Swin's blocks (1 = off)", valid="(0, 1]")
     backbone_lr_scale: float = setting(1.0, "lr factor of the Swin backbone (every parameter of a Swin but its "
-                                            "classifier head); fine-tuning recipes such as Video Swin's use 0.1")
-    clip_grad: float = setting(5.0, "max grad norm (0 = off)")
-    betas: list[float] = setting([0.9, 0.999], "AdamW betas", nargs=2)
-    accum_steps: int = setting(1, "gradient accumulation steps")
+                                            "classifier head); fine-tuning recipes such as Video Swin's use 0.1",
+                                  valid=">= 0")
+    clip_grad: float = setting(5.0, "max grad norm (0 = off)", valid=">= 0")
+    betas: list[float] = setting([0.9, 0.999], "AdamW betas", nargs=2, valid="[0, 1)")
+    accum_steps: int = setting(1, "gradient accumulation steps", valid=">= 1")
 
 
 @dataclass
 class ScheduleSettings:
     """Linear warmup from warmup_lr to lr, then cosine to min_lr (or steps), stepped every update."""
-    epochs: int = setting(300)
-    warmup_epochs: float = setting(20.0, "linear warmup, then the schedule per iteration")
-    warmup_lr: float = setting(5e-7)
-    min_lr: float = setting(5e-6, "cosine: the final lr")
+    epochs: int = setting(300, valid=">= 1")
+    warmup_epochs: float = setting(20.0, "linear warmup, then the schedule per iteration", valid=">= 0")
+    warmup_lr: float = setting(5e-7, valid=">= 0")
+    min_lr: float = setting(5e-6, "cosine: the final lr", valid=">= 0")
     schedule: str = setting("cosine", "after warmup: cosine to --min-lr, or step: the lr times --gamma at each of "
                                       "--milestones", choices=["cosine", "step"])
     milestones: list[float] = setting([0.5, 0.8, 0.9, 0.95], "step: where the lr drops, as fractions of the run",
-                                      nargs="+")
-    gamma: float = setting(0.5, "step: lr factor at each milestone")
+                                      nargs="+", valid="0..1")
+    gamma: float = setting(0.5, "step: lr factor at each milestone", valid="> 0")
 
 
 @dataclass
 class LoaderSettings:
     """Data loading."""
-    batch_size: int = setting(128, "per process")
+    batch_size: int = setting(128, "per process", valid=">= 1")
     workers: int | None = setting(None, "data-loading processes per training process (default: 0 on CPU, "
-                                        "where compute needs the cores; up to 8 per GPU)")
+                                        "where compute needs the cores; up to 8 per GPU)", valid=">= 0")
 
 
 @dataclass
 class DeviceSettings:
     """Device, processes, precision and memory."""
     device: str | None = setting(None, "default: cuda:LOCAL_RANK when available, else cpu")
-    threads: int | None = setting(None, "torch CPU threads (default: torch's choice)")
+    threads: int | None = setting(None, "torch CPU threads (default: torch's choice)", valid=">= 1")
     amp: str = setting("auto", "autocast: auto = bf16 on GPU, none on CPU", choices=["auto", *AMP_DTYPES])
     fsdp: bool = setting(False, "shard with FSDP under torchrun")
     grad_checkpointing: bool = setting(False, "recompute activations in the backward pass")
@@ -152,7 +173,7 @@ class DeviceSettings:
 class EmaSettings:
     """An exponential moving average of the weights, evaluated beside them; best.pt then holds it."""
     enabled: bool = setting(False, "keep an EMA of the weights", flag="ema")
-    decay: float = setting(0.9998, flag="ema_decay")
+    decay: float = setting(0.9998, flag="ema_decay", valid="[0, 1)")
 
 
 @dataclass
@@ -196,7 +217,10 @@ class TrainSettings:
             raise ValueError(f"unknown settings {unknown}; expected flat keys of the loop's and the task's settings "
                              f"({', '.join(sorted(known))})")
         groups = {name: _fill(group, flat) for name, group in LOOP_SETTINGS.items()}
-        return cls(**groups, task=_fill(task_settings, flat))
+        settings = cls(**groups, task=_fill(task_settings, flat))
+        for group in (*groups.values(), settings.task):
+            check_valid(group)
+        return settings
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of from_flat: one JSON-able dict (config.json's "args")."""
@@ -370,6 +394,10 @@ class Task:
 
     def describe_data(self, train: Dataset, val: Dataset) -> str:
         return f"{len(train)} training samples, {len(val)} val"
+
+    def notes(self) -> list[str]:
+        """Lines printed before training starts: settings the task took from the data, and why."""
+        return []
 
     def describe(self, metrics: dict[str, float]) -> str:
         """The metrics of `evaluate` (or a subset) for one log line, e.g. "top-1 98.05%  top-5 100.00%"."""

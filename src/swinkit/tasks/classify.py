@@ -28,6 +28,7 @@ from ..distill import (DISTILL_KINDS, Distiller, Teacher, add_distillation_head,
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, build_datasets, digits_folder,
                     eval_transform, load_image, mixup_cutmix, train_transform)
 from ..factory import create_model
+from ..io.files import dumps
 from ..models.swin import SwinTransformer
 from ..qat import count_fake_quantized, prepare_qat
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, autocast, setting
@@ -45,7 +46,7 @@ class DistillSettings:
     distill: str | None = setting(None, "soft: tau^2 KL to the teacher's softened logits; hard: DeiT's hard-label "
                                         "distillation, with a distillation head whose logits are averaged with the "
                                         "class head's at inference", choices=list(DISTILL_KINDS))
-    distill_tau: float = setting(1.0, "soft: temperature, as in DeiT")
+    distill_tau: float = setting(1.0, "soft: temperature, as in DeiT", valid="> 0")
     distill_alpha: float = setting(0.5, "weight of the distillation loss, the labels' loss getting 1 - alpha, as in "
                                         "DeiT")
 
@@ -68,17 +69,17 @@ class ClassifySettings(DistillSettings, TaskSettings):
     drop_path_rate: float | None = setting(None, "stochastic depth (default: the variant's)")
     # data and augmentation (0 disables a step)
     scale: list[float] = setting([0.08, 1.0], "random-resized-crop area range", nargs=2)
-    hflip: float = setting(0.5, "horizontal flip probability")
-    randaug_n: int = setting(2, "RandAugment operations per image")
+    hflip: float = setting(0.5, "horizontal flip probability", valid="0..1")
+    randaug_n: int = setting(2, "RandAugment operations per image", valid=">= 0")
     randaug_m: int = setting(9, "RandAugment magnitude")
-    randaug_mstd: float = setting(0.5, "RandAugment magnitude noise")
-    reprob: float = setting(0.25, "random erasing probability")
-    mixup: float = setting(0.8, "MixUp alpha")
-    cutmix: float = setting(1.0, "CutMix alpha")
-    mix_switch_prob: float = setting(0.5, "probability of CutMix when both are on")
-    smoothing: float = setting(0.1, "label smoothing")
-    crop_pct: float = setting(0.875, "eval: resize to img_size / crop_pct, centre crop")
-    val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation")
+    randaug_mstd: float = setting(0.5, "RandAugment magnitude noise", valid=">= 0")
+    reprob: float = setting(0.25, "random erasing probability", valid="0..1")
+    mixup: float = setting(0.8, "MixUp alpha", valid=">= 0")
+    cutmix: float = setting(1.0, "CutMix alpha", valid=">= 0")
+    mix_switch_prob: float = setting(0.5, "probability of CutMix when both are on", valid="0..1")
+    smoothing: float = setting(0.1, "label smoothing", valid="[0, 1)")
+    crop_pct: float = setting(0.875, "eval: resize to img_size / crop_pct, centre crop", valid="(0, 1]")
+    val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation", valid="[0, 1)")
     verify_images: bool = setting(True, "decode every image once before training and skip unreadable ones")
     qat: bool = setting(False, "quantization-aware training: fine-tune the --pretrained float classifier with int8 "
                                "fake-quantized Linear layers (torchao, swinkit/qat.py); the checkpoints stay float, "
@@ -184,7 +185,7 @@ def save_confusion_png(confusion: torch.Tensor, class_names: list[str], path: Pa
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from ..io.checkpoint import atomic_write
+    from ..io.files import atomic_write
 
     C = len(class_names)
     fig, ax = plt.subplots(figsize=(min(4 + 0.45 * C, 30), min(3.5 + 0.45 * C, 30)))
@@ -234,8 +235,10 @@ class ClassifyTask(Task):
         n = count_images(given["data"])
         if not 0 < n < SMALL_DATA_IMAGES:
             return "official", None
-        if any(k in given for k in ("model", *ARCH_KEYS)):
+        width = [k for k in ("model", "embed_dim", "depths", "num_heads") if k in given]
+        if width:  # the user chose the model: keep the official recipe around it
             return "official", f"hint: {n} training images from scratch: consider --recipe small; {SMALL_DATA_WHY}"
+        # input size, patch and window flags alone keep the small model, with those changed
         return "small", (f"recipe small: {n} training images from scratch (fewer than {SMALL_DATA_IMAGES:,}); "
                          f"{SMALL_DATA_WHY}. --recipe official keeps the official one")
 
@@ -407,7 +410,6 @@ class ClassifyTask(Task):
 
     @classmethod
     def run_predict(cls, loaded: Loaded, args: argparse.Namespace) -> int:
-        import json
 
         if args.topk < 1:
             raise ValueError(f"--topk must be >= 1, got {args.topk}")
@@ -428,7 +430,7 @@ class ClassifyTask(Task):
                 continue
             for path, top in zip(paths, predict(model, torch.stack(batch).to(device), names, args.topk)):
                 if args.json:
-                    print(json.dumps({"image": path, "predictions": top}))
+                    print(dumps({"image": path, "predictions": top}))
                 else:
                     print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top))
         return 1 if failed else 0

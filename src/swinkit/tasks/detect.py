@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torchvision.transforms import v2
 from ..config import DET_VARIANTS, DetectionConfig
 from ..data import load_image
 from ..factory import create_detector
-from ..io.checkpoint import atomic_write
+from ..io.files import atomic_write, dumps, plan_outputs, write_json
 from ..io.detection import is_detection_state_dict, load_detector
 from ..models.detection import SwinDetector, build_detector
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
@@ -138,12 +137,12 @@ class DetectSettings(TaskSettings):
     data: str | None = setting(None, "COCO folder (annotations/instances_<split>.json) or YOLO folder (images/<split>, "
                                      "labels/<split>), e.g. ../shared/data/coco128")
     val_split: str = setting("val", "split evaluated every epoch (train: evaluate on the training images)")
-    img_size: int = setting(800, "shorter side of training and evaluation images")
+    img_size: int = setting(800, "shorter side of training and evaluation images", valid=">= 1")
     max_size: int | None = setting(None, "longer-side cap (default img_size * 1333 / 800)")
     multiscale: bool = setting(False, "training shorter side drawn from 0.6..1.0 x img_size in steps of 32 (the "
                                       "official 480-800)")
     lsj: bool = setting(False, "large-scale jitter (scale 0.1-2.0, img_size^2 crops) instead of resizing")
-    hflip: float = setting(0.5, "horizontal flip probability")
+    hflip: float = setting(0.5, "horizontal flip probability", valid="0..1")
     repeat: int = setting(1, "passes over the training images per epoch (mmdet's RepeatDataset: fewer evaluations "
                              "on small data)")
     proposals: list[int] | None = setting(None, "R-CNN: proposals after the RPN in training and inference (default "
@@ -308,7 +307,7 @@ class DetectTask(Task):
         metrics = detection_metrics(ds.coco_gt(), results, masks)
         ck = Path(args.checkpoint)
         out = args.results or (ck if ck.is_dir() else ck.parent) / f"detections_{args.split}.json"
-        atomic_write(out, lambda p: p.write_text(json.dumps(results)))
+        atomic_write(out, lambda p: p.write_text(dumps(results)))
         result = {**metrics, "num_images": len(ds), "num_detections": len(results), "classes": len(ds.classes),
                   "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
                   "results": str(out), "data_issues": ds.issues}
@@ -336,9 +335,11 @@ class DetectTask(Task):
             raise ValueError(f"--score-thr must be in [0, 1], got {args.score_thr}")
         model, device, names = loaded.model, torch.device(args.device), loaded.meta["class_names"]
         model.to(device).eval()
+        set_score_threshold(model, args.score_thr)
+        plan = plan_outputs(args.images, args.out, ("{stem}.jpg", "{stem}.json"), args.overwrite)
         args.out.mkdir(parents=True, exist_ok=True)
-        failed, used = 0, set()
-        for path in args.images:
+        failed = 0
+        for path, (image_path, json_path) in zip(args.images, plan):
             try:
                 img = v2.functional.pil_to_tensor(load_image(path))  # (3, H, W) uint8
             except (OSError, ValueError) as e:
@@ -350,20 +351,15 @@ class DetectTask(Task):
                 out = model([x.to(device)])[0]
             keep = out["scores"] >= args.score_thr
             out = {k: v[keep].float().cpu() if v.is_floating_point() else v[keep].cpu() for k, v in out.items()}
-            stem = Path(path).stem
-            while stem in used:  # two inputs of the same name from different folders
-                stem += "_"
-            used.add(stem)
-            image_path, json_path = args.out / f"{stem}.jpg", args.out / f"{stem}.json"
             drawn = draw_detections(img, out, names)
             atomic_write(image_path, lambda p: v2.functional.to_pil_image(drawn).save(p, format="JPEG", quality=95))
             dets = [{"label": names[int(c) - 1], "class_id": int(c) - 1, "score": round(float(s), 4),
                      "box": [round(v, 1) for v in b.tolist()]} for b, c, s in zip(out["boxes"], out["labels"],
                                                                                 out["scores"])]
             record = {"image": str(path), "size": list(img.shape[1:]), "drawn": str(image_path), "detections": dets}
-            atomic_write(json_path, lambda p: p.write_text(json.dumps(record, indent=1)))
+            write_json(json_path, record, indent=1)
             if args.json:
-                print(json.dumps(record))
+                print(dumps(record))
             else:
                 top = ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets[:5])
                 print(f"{path}: {len(dets)} detection(s){': ' + top if dets else ''} -> {image_path}, {json_path}")
@@ -382,6 +378,7 @@ def draw_detections(img: torch.Tensor, out: dict, names: list[str], alpha: float
     one colour per class (torchvision.utils.draw_segmentation_masks / draw_bounding_boxes)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    from ..io.images import label_font
     from .segment import default_palette
 
     palette = default_palette(len(names))
@@ -389,7 +386,16 @@ def draw_detections(img: torch.Tensor, out: dict, names: list[str], alpha: float
     if "masks" in out and len(out["masks"]):
         img = draw_segmentation_masks(img, out["masks"][:, 0] > 0.5, alpha=alpha, colors=colors)
     labels = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(out["labels"], out["scores"])]
-    return draw_bounding_boxes(img, out["boxes"], labels=labels, colors=colors, width=2)
+    size = max(12, min(img.shape[-2:]) // 30)  # readable at any image size (PIL's default bitmap font is 11 px)
+    return draw_bounding_boxes(img, out["boxes"], labels=labels, colors=colors, width=max(2, size // 6),
+                               font=label_font(), font_size=size)
+
+
+def set_score_threshold(model: nn.Module, threshold: float) -> None:
+    """Let a detector keep detections down to `threshold` (torchvision's default drops those under 0.05 before
+    --score-thr is applied, so a young model would draw nothing at --score-thr 0)."""
+    owner = getattr(model, "roi_heads", model)  # R-CNNs keep it in their box head; RetinaNet and FCOS on the model
+    owner.score_thresh = min(owner.score_thresh, threshold)
 
 
 def describe_detector(model: SwinDetector) -> str:

@@ -220,6 +220,11 @@ def _open_coco(root: Path, json_path: Path, masks: bool, given: list[str] | None
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as e:
         raise ValueError(f"{json_path}: not a COCO instances json ({type(e).__name__}: {e}): expected images, "
                          "annotations and categories") from e
+    for i, info in enumerate(coco.dataset.get("images", [])):
+        if not isinstance(info, dict) or not isinstance(info.get("file_name"), str) or "id" not in info:
+            raise ValueError(f"{json_path}: image entry {i} ({str(info)[:80]}) has no "
+                             f"{'file_name' if isinstance(info, dict) and 'id' in info else 'id and file_name'}: "
+                             "every entry of \"images\" needs an id and the file_name of its image")
     names = {int(c["id"]): str(c["name"]) for c in coco.dataset.get("categories", [])}
     cmap = _Classes(names, given, str(json_path))
     folder = _coco_images_folder(root, json_path, coco.dataset.get("images", []))

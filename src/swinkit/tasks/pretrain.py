@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import SwinConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, check_image, eval_transform, load_image, train_transform
+from ..io.files import check_outputs
+from ..io.images import image_files
 from ..models.simmim import MASK_PATCH_SIZE, MASK_RATIO, SimMIM, pixel_mask, random_mask, random_masks
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
 from .classify import set_drop_path
@@ -51,11 +53,11 @@ class PretrainSettings(TaskSettings):
     depths: list[int] | None = setting(None, nargs="+")
     num_heads: list[int] | None = setting(None, nargs="+")
     drop_path_rate: float | None = setting(None, "stochastic depth (default: the recipe's)")
-    mask_patch_size: int = setting(MASK_PATCH_SIZE, "pixels per side of a masked block")
-    mask_ratio: float = setting(MASK_RATIO, "share of blocks masked (round(ratio x blocks) per image)")
+    mask_patch_size: int = setting(MASK_PATCH_SIZE, "pixels per side of a masked block", valid=">= 1")
+    mask_ratio: float = setting(MASK_RATIO, "share of blocks masked (round(ratio x blocks) per image)", valid="(0, 1]")
     scale: list[float] = setting([0.67, 1.0], "random-resized-crop area range", nargs=2)
-    hflip: float = setting(0.5, "horizontal flip probability")
-    val_fraction: float = setting(0.05, "share of the images held out for validation (at least one)")
+    hflip: float = setting(0.5, "horizontal flip probability", valid="0..1")
+    val_fraction: float = setting(0.05, "share of the images held out for validation (at least one)", valid="[0, 1)")
     verify_images: bool = setting(True, "decode every image once before training and skip unreadable ones")
 
 
@@ -70,12 +72,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                   num_heads=[1, 2, 4, 8], drop_path_rate=0.0, epochs=50, warmup_epochs=2, batch_size=32, lr=1e-3,
                   lr_base_size=32, warmup_lr=1e-6, min_lr=1e-5),
 }
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted, hidden files and folders left out)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def split_files(files: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -168,7 +164,7 @@ def simmim_figure(model: SimMIM, images: torch.Tensor, path: str | Path, mask: t
     """simmim_plot's figure written atomically as PNG (or the format of `path`'s suffix)."""
     import matplotlib.pyplot as plt
 
-    from ..io.checkpoint import atomic_write
+    from ..io.files import atomic_write
 
     fig = simmim_plot(model, images, mask, mask_patch_size, ratio, seed)
     path = Path(path)
@@ -411,6 +407,7 @@ class PretrainTask(Task):
     @classmethod
     def run_predict(cls, loaded: Loaded, args: argparse.Namespace) -> int:
         """Mask and reconstruct args.images; draw them in one figure (simmim_figure) at args.out."""
+        check_outputs([args.out], args.images, args.overwrite)
         model, s = loaded.model.to(args.device), loaded.meta["simmim"]
         tf, batch, failed = eval_transform(model.cfg.img_size[0], 1.0), [], 0
         for path in args.images:

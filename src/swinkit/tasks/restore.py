@@ -36,7 +36,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import SWINIR_VARIANTS, SwinIRConfig
-from ..data import IMG_EXTENSIONS
+from ..io.files import atomic_write, plan_outputs
+from ..io.images import IMG_EXTENSIONS, expand_inputs, image_files
 from ..models.swinir import SwinIR
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
 
@@ -132,8 +133,6 @@ def _png16(a: np.ndarray) -> bytes:
 
 def write_picture(path: str | Path, pic: Picture) -> Path:
     """Write a PNG with `pic.bits` bits per sample (grey, grey + alpha, RGB or RGBA), atomically."""
-    from ..io.checkpoint import atomic_write
-
     x = pic.pixels if pic.alpha is None else torch.cat([pic.pixels, pic.alpha])
     a = quantize(x, pic.bits).permute(1, 2, 0).numpy()  # (H, W, C)
     if pic.bits == 16:
@@ -141,12 +140,6 @@ def write_picture(path: str | Path, pic: Picture) -> Path:
         return atomic_write(path, lambda tmp: tmp.write_bytes(data))
     img = Image.fromarray(a.astype(np.uint8)[..., 0] if a.shape[2] == 1 else a.astype(np.uint8))
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, sorted, hidden files left out)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -331,33 +324,29 @@ def restore_picture(model: nn.Module, pic: Picture, scale: int, in_chans: int, d
 
 
 def restore_files(model: nn.Module, meta: dict, inputs: list, out: Path, device: torch.device,
-                  amp_dtype: torch.dtype | None = None, tile: int | None = None, overlap: int = 32) -> int:
+                  amp_dtype: torch.dtype | None = None, tile: int | None = None, overlap: int = 32,
+                  overwrite: bool = False) -> int:
     """Restore image files (folders: the images under them) into PNGs `out/<stem>.png` (16-bit for 16-bit inputs,
-    grey for grey, with alpha for alpha). A file that fails gets one error line and the rest go on; returns 1 if any
-    failed, else 0."""
+    grey for grey, with alpha for alpha). An output that would replace an input, or an existing file without
+    `overwrite`, is an OutputError before any work; a file that fails gets one error line and the rest go on;
+    returns 1 if any failed, else 0."""
     from tqdm import tqdm
 
-    paths, failed = [], 0
-    for p in map(Path, inputs):
-        found = image_files(p) if p.is_dir() else [p]
-        if not found:
-            failed += 1
-            print(f"error: no images ({', '.join(IMG_EXTENSIONS)}) under {p}", file=sys.stderr)
-        paths += found
-    written: dict[Path, Path] = {}
-    for path in tqdm(paths, desc="images", disable=len(paths) < 2):
-        dest = Path(out) / f"{path.stem}.png"
+    paths, errors = expand_inputs(inputs)
+    plan = plan_outputs(paths, out, ("{stem}.png",), overwrite)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    failed, written = len(errors), 0
+    for path, (dest,) in tqdm(list(zip(paths, plan)), desc="images", disable=len(paths) < 2):
         try:
-            if dest in written or dest.resolve() == path.resolve():
-                raise ValueError(f"its output {dest} would overwrite {written.get(dest, path)}; restore into another "
-                                 "--out folder")
             pic = restore_picture(model, read_picture(path), meta["scale"], meta["in_chans"], device, amp_dtype,
                                   tile, overlap, progress=True)
-            written[write_picture(dest, pic)] = path
+            write_picture(dest, pic)
+            written += 1
         except (OSError, ValueError) as e:
             failed += 1
             tqdm.write(f"error: cannot restore {path}: {e}", file=sys.stderr)
-    print(f"restored {len(written)} of {len(paths)} image(s) -> {out}")
+    print(f"restored {written} of {len(paths)} image(s) -> {out}")
     return 1 if failed else 0
 
 
@@ -513,15 +502,15 @@ class RestoreSettings(TaskSettings):
                                            "directory, or 'official' for the variant's released weights")
     task_kind: str = setting("sr", "what to restore: sr (super-resolution), denoise or jpeg", choices=list(KINDS))
     scale: int | None = setting(None, "sr: up-scaling factor (default 2, or the --model's); 1 for denoise / jpeg")
-    sigma: float = setting(25.0, "denoise: Gaussian noise sigma on the 0-255 scale")
+    sigma: float = setting(25.0, "denoise: Gaussian noise sigma on the 0-255 scale", valid=">= 0")
     quality: int = setting(40, "jpeg: JPEG quality of the inputs (1-95)")
     loss: str | None = setting(None, "l1 (default for sr) or charbonnier (default for denoise / jpeg), as the "
                                      "official code", choices=["l1", "charbonnier"])
-    charbonnier_eps: float = setting(1e-9, "charbonnier: sqrt(d^2 + eps^2)")
+    charbonnier_eps: float = setting(1e-9, "charbonnier: sqrt(d^2 + eps^2)", valid="> 0")
     val_data: str | None = setting(None, "validation folder: HR/ with LR_bicubic/X{s}/ (Set5, ...) or images "
                                          "degraded on the fly (default: --val-images held out of --data)")
-    val_images: int = setting(4, "images of --data held out for validation when there is no --val-data")
-    repeat: int = setting(1, "random patches per training image per epoch")
+    val_images: int = setting(4, "images of --data held out for validation when there is no --val-data", valid=">= 1")
+    repeat: int = setting(1, "random patches per training image per epoch", valid=">= 1")
     augment: bool = setting(True, "random flips and 90-degree rotations of the training patches")
     border: int | None = setting(None, "pixels shaved per side for the metrics (default: the scale for sr, 0 "
                                        "otherwise)")
@@ -791,7 +780,7 @@ class RestoreTask(Task):
     def run_predict(cls, loaded: Loaded, args: argparse.Namespace) -> int:
         """Restore args.images into args.out (as `swinkit restore --checkpoint`)."""
         return restore_files(loaded.model.to(args.device), loaded.meta, args.images, args.out,
-                             torch.device(args.device), None, args.tile, args.tile_overlap)
+                             torch.device(args.device), None, args.tile, args.tile_overlap, args.overwrite)
 
 
 def load_restoration_model(path: str | Path) -> tuple[nn.Module, dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,8 @@ from torchvision.transforms import v2
 from ..config import SEG_VARIANTS, UNET_VARIANTS, SegmentationConfig, SwinUNetConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, load_image
 from ..factory import create_segmentation_model
+from ..io.files import atomic_write, dumps, plan_outputs
+from ..io.images import draw_legend
 from ..models.segmentation import SegmentationModel
 from ..models.unet import SwinUNet
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
@@ -112,9 +113,40 @@ def read_classes_file(path: str | Path) -> tuple[list[str], list[tuple[int, int,
     return names, colours or None
 
 
+def camvid_reason(root: str | Path) -> str | None:
+    """Why `root` holds CamVid (SegNet's 11-class version), or None: its folder name, or else its labels: the first
+    few label PNGs are 480x360 class indices, none above 11 (void)."""
+    root = Path(root)
+    if "camvid" in root.resolve().name.lower():
+        return f"{root} is named like CamVid"
+    labels = next((d for d in (root / "train" / "labels", root / "labels") if d.is_dir()), None)
+    files = sorted(labels.glob("*.png"))[:3] if labels else []
+    try:
+        masks = [read_mask(f) for f in files]
+    except (OSError, ValueError):
+        return None
+    if masks and all(m.shape == (360, 480) and m.min() >= 0 and m.max() <= CAMVID_IGNORE_INDEX for m in masks):
+        return f"the labels of {root} are 480x360 class indices 0..11, as CamVid's"
+    return None
+
+
 def is_camvid(root: str | Path) -> bool:
-    """CamVid is recognised by its folder name (e.g. ../shared/data/camvid)."""
-    return "camvid" in Path(root).resolve().name.lower()
+    """CamVid is recognised by its folder name (e.g. ../shared/data/camvid) or by its labels (camvid_reason)."""
+    return camvid_reason(root) is not None
+
+
+def labels_note(root: str | Path, labels: "LabelSet", classes_file: str | Path | None = None) -> str:
+    """One line: where the class names and the ignored label value of a training run came from."""
+    file = Path(classes_file) if classes_file else Path(root) / "classes.txt"
+    n, ignore = labels.num_classes, labels.ignore_index
+    if classes_file or file.is_file():
+        why = f"from {file}"
+    elif list(labels.names) == list(CAMVID_CLASSES):
+        why = f"CamVid's, as {camvid_reason(root)}; a classes.txt in {root} would name them otherwise"
+    else:
+        why = (f"named 0..{n - 1} after the label values: {root} has no classes.txt (one name a line); if a value "
+               "marks unlabelled pixels, pass --ignore-index VALUE")
+    return f"labels: {n} classes {why}; label value {ignore} is ignored"
 
 
 def resolve_labels(root: str | Path, num_classes: int | None = None, ignore_index: int | None = None,
@@ -495,10 +527,14 @@ def colorize(mask: torch.Tensor | np.ndarray, palette: list[tuple[int, int, int]
 
 
 def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray, palette: list[tuple[int, int, int]],
-            alpha: float = 0.5) -> Image.Image:
-    """The RGB image blended with the mask's colours (`alpha` of the colour)."""
-    colours = np.asarray(palette, dtype=np.uint8)[np.asarray(mask.cpu() if torch.is_tensor(mask) else mask)]
-    return Image.blend(image.convert("RGB"), Image.fromarray(colours), alpha)
+            alpha: float = 0.5, names: list[str] | None = None) -> Image.Image:
+    """The RGB image blended with the mask's colours (`alpha` of the colour); with `names`, a legend of the classes
+    present below it."""
+    m = np.asarray(mask.cpu() if torch.is_tensor(mask) else mask)
+    blended = Image.blend(image.convert("RGB"), Image.fromarray(np.asarray(palette, dtype=np.uint8)[m]), alpha)
+    if names is None:
+        return blended
+    return draw_legend(blended, [(names[c], palette[c]) for c in np.unique(m).tolist()])
 
 
 def save_confusion_png(confusion: torch.Tensor, names: list[str], path: str | Path) -> None:
@@ -509,7 +545,6 @@ def save_confusion_png(confusion: torch.Tensor, names: list[str], path: str | Pa
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from ..io.checkpoint import atomic_write
 
     c = confusion.double()
     rows = (c / c.sum(1, keepdim=True).clamp(min=1)).cpu().numpy()
@@ -555,11 +590,11 @@ class SegmentSettings(TaskSettings):
     # data and augmentation (0 disables a step)
     crop_size: list[int] = setting([512, 512], "training crop (h w, or one value)", nargs="+")
     scale: list[float] = setting([0.5, 2.0], "random scale range, relative to the image", nargs=2)
-    hflip: float = setting(0.5, "horizontal flip probability")
+    hflip: float = setting(0.5, "horizontal flip probability", valid="0..1")
     class_weight: str = setting("none", "loss weight per class: none, or median-freq (SegNet's median frequency "
                                         "balancing, from the training labels)", choices=["none", "median-freq"])
-    jitter: float = setting(0.4, "colour jitter: brightness, contrast and saturation (hue: 1/8 of it)")
-    val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation")
+    jitter: float = setting(0.4, "colour jitter: brightness, contrast and saturation (hue: 1/8 of it)", valid=">= 0")
+    val_fraction: float = setting(0.1, "share of a folder without val/ held out for validation", valid="[0, 1)")
     verify_images: bool = setting(True, "decode every image and label once before training and check them")
     # evaluation (also stored for `swinkit eval` / `predict`)
     eval_window: list[int] | None = setting(None, "sliding-window evaluation: window h w (default: whole image)",
@@ -659,6 +694,7 @@ class SegmentTask(Task):
         n = n or max(train.num_classes, val.num_classes)
         train.num_classes = val.num_classes = n
         self.labels = LabelSet(names or [str(i) for i in range(n)], palette or default_palette(n), ignore)
+        self.labels_note = labels_note(c.data, self.labels, c.classes)
         self.data_cfg = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
         self.inference = inference_options(c.eval_window, c.eval_stride, c.eval_scales, c.eval_flip)
         train.transform = train_transform(_pair_or_none(c.crop_size, "--crop-size"), ignore, c.scale, c.hflip,
@@ -750,6 +786,9 @@ class SegmentTask(Task):
         return (f"{len(train)} images / {self.labels.num_classes} classes (ignore index {self.labels.ignore_index}), "
                 f"val {len(val)}")
 
+    def notes(self) -> list[str]:
+        return [self.labels_note]
+
     def describe(self, metrics: dict[str, float]) -> str:
         names = {"miou": "mIoU", "pixel_acc": "pixel acc", "mean_acc": "mean acc"}
         return "  ".join(f"{names[k]} {100 * v:.2f}%" for k, v in metrics.items() if k in names)
@@ -839,9 +878,10 @@ class SegmentTask(Task):
         labels, data_cfg = LabelSet.from_dict(loaded.meta["labels"]), loaded.meta["data"]
         device, opts = torch.device(args.device), cls._inference(loaded, args)
         model, tf = loaded.model.to(device), eval_transform(data_cfg["mean"], data_cfg["std"])
+        plan = plan_outputs(args.images, args.out, ("{stem}.png", "{stem}_overlay.jpg"), args.overwrite)
         args.out.mkdir(parents=True, exist_ok=True)
-        failed, used = 0, set()
-        for path in args.images:
+        failed = 0
+        for path, (mask_path, overlay_path) in zip(args.images, plan):
             try:
                 img = load_image(path)
             except (OSError, ValueError) as e:
@@ -851,17 +891,13 @@ class SegmentTask(Task):
             x = tf(tv_tensors.Image(v2.functional.pil_to_tensor(img)))
             with autocast(device, AMP_DTYPES[getattr(args, "amp", "none")]):
                 mask = infer(model, x[None].to(device), **opts)[0].argmax(0).cpu()  # (H, W)
-            stem = Path(path).stem
-            while stem in used:  # two inputs of the same name from different folders
-                stem += "_"
-            used.add(stem)
-            mask_path, overlay_path = args.out / f"{stem}.png", args.out / f"{stem}_overlay.jpg"
-            colorize(mask, labels.palette).save(mask_path)
-            overlay(img, mask, labels.palette, args.alpha).save(overlay_path, quality=95)
+            atomic_write(mask_path, lambda p: colorize(mask, labels.palette).save(p, format="PNG"))
+            atomic_write(overlay_path, lambda p: overlay(img, mask, labels.palette, args.alpha, labels.names).save(
+                p, format="JPEG", quality=95))
             share = torch.bincount(mask.flatten(), minlength=labels.num_classes).double() / mask.numel()
             present = {labels.names[i]: share[i].item() for i in share.argsort(descending=True).tolist() if share[i]}
             if args.json:
-                print(json.dumps({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
+                print(dumps({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
                                   "size": list(mask.shape), "class_fractions": present}))
             else:
                 top = ", ".join(f"{k} {100 * v:.1f}%" for k, v in list(present.items())[:5])

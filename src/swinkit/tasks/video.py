@@ -12,7 +12,6 @@ side). With no --data, a motion task trains: scikit-learn's 8x8 digits moving in
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ from torchvision.transforms import v2
 
 from ..config import VIDEO_VARIANTS, VideoSwinConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD, load_image
+from ..io.files import dumps
 from ..models.video import VideoSwinTransformer
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, setting
 from .classify import evaluate as evaluate_classification, save_confusion_png
@@ -94,6 +94,24 @@ def probe_clip(path: Path) -> tuple[int, str | None]:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this clip"
         return 0, f"{type(e).__name__}: {e}"
+
+
+def training_clips(data: str | Path) -> list[Path]:
+    """The clips of a training root (`data/train/<class>/<clip>`, or `data/<class>/<clip>`), sorted; [] when there
+    is no such folder."""
+    root = Path(data) / "train" if (Path(data) / "train").is_dir() else Path(data)
+    if not root.is_dir():
+        return []
+    return sorted(p for c in root.iterdir() if c.is_dir() and not c.name.startswith(".") for p in c.iterdir()
+                  if is_clip(p))
+
+
+def frame_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) of a clip's first frame, or None when it does not read."""
+    try:
+        return tuple(read_clip(path, [0]).shape[-2:])
+    except (OSError, ValueError, ImportError):
+        return None
 
 
 def read_video(path: Path, indices: list[int]) -> torch.Tensor:
@@ -442,7 +460,7 @@ class VideoSettings(TaskSettings):
                                       "all in the centre frame", choices=["average", "center"])
     # sampling (also stored for `swinkit eval` / `predict`)
     frames: int | None = setting(None, "frames per clip, T (default: the model's)")
-    frame_stride: int = setting(2, "take every N-th frame")
+    frame_stride: int = setting(2, "take every N-th frame", valid=">= 1")
     img_size: int | None = setting(None, "crop size (default: the model's)")
     test_clips: int = setting(4, "swinkit eval / predict: temporal clips per video, softmax averaged (validation "
                                  "during training: 1)")
@@ -457,8 +475,8 @@ class VideoSettings(TaskSettings):
     drop_path_rate: float | None = setting(None, "stochastic depth (default: the variant's)")
     # augmentation
     scale: list[float] = setting([0.08, 1.0], "random-resized-crop area range (1 1: no crop)", nargs=2)
-    hflip: float = setting(0.5, "horizontal flip probability (0 for direction-sensitive classes)")
-    crop_pct: float = setting(0.875, "eval: resize the short side to img_size / crop_pct, then crop")
+    hflip: float = setting(0.5, "horizontal flip probability (0 for direction-sensitive classes)", valid="0..1")
+    crop_pct: float = setting(0.875, "eval: resize the short side to img_size / crop_pct, then crop", valid="(0, 1]")
 
 
 _DIGITS = dict(model="video_swin_t", embed_dim=32, depths=[2, 2], num_heads=[2, 4], patch_size=[2, 4, 4],
@@ -481,7 +499,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     # after 10 epochs (chance), 315 s
     "digits-static": {**_DIGITS, "patch_size": [1, 4, 4], "window_size": [1, 4, 4]},
 }
+# clips from scratch with no --pretrained: the moving digits' model and schedule, with flips and mild crops for
+# natural clips, at the clips' own size (small_size) instead of 224 px
+RECIPES["small"] = {**_DIGITS, "img_size": None, "hflip": 0.5, "scale": [0.8, 1.0], "epochs": 30, "test_crops": 1}
+SMALL_DATA_CLIPS = 10_000  # from scratch on fewer clips than this (and no --recipe), the small recipe is picked
 DIGITS_SAMPLES = {"train": 4096, "val": 1024}
+
+
+def small_size(frame: tuple[int, int] | None) -> int:
+    """The small recipe's crop: the clips' short side rounded down to a multiple of 16 (patch 4 x window 4), between
+    16 and 64 (32 when the size is unknown)."""
+    return 32 if frame is None else max(16, min(64, min(frame) // 16 * 16))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -502,13 +530,24 @@ class VideoTask(Task):
 
     @classmethod
     def choose_recipe(cls, given: dict) -> tuple[str, str | None]:
-        """digits with no --data, else the official recipe (with a hint when training from scratch)."""
+        """digits with no --data, default with --pretrained or a model chosen by flags; from scratch on small
+        clips (short side under 112 px) or fewer than SMALL_DATA_CLIPS clips, small."""
         if not given.get("data"):
             return "digits", None
         if given.get("pretrained"):
             return "default", None
-        return "default", ("hint: the official Video Swin recipe fine-tunes ImageNet weights (--pretrained, a 2-D "
-                           "checkpoint is inflated); from scratch it needs Kinetics-scale data")
+        hint = ("hint: the official Video Swin recipe fine-tunes ImageNet weights (--pretrained, a 2-D checkpoint is "
+                "inflated); from scratch it needs Kinetics-scale data")
+        if any(k in given for k in ("model", *ARCH_KEYS)):
+            return "default", hint
+        clips = training_clips(given["data"])
+        size = frame_size(clips[0]) if clips else None
+        if not clips or (size and min(size) >= 112 and len(clips) >= SMALL_DATA_CLIPS):
+            return "default", hint
+        what = f"{len(clips)} clips" + (f" of {size[0]}x{size[1]} px" if size else "")
+        return "small", (f"recipe small: {what} from scratch: a two-stage Video Swin of 0.14M parameters at "
+                         f"{small_size(size)} px and 8 frames (the default recipe builds Video Swin-T at 32x224x224 "
+                         "for Kinetics). --recipe default keeps the default one")
 
     @classmethod
     def resolve(cls, flat: dict, given: dict) -> dict:
@@ -519,6 +558,9 @@ class VideoTask(Task):
         if flat["model"] not in VIDEO_VARIANTS:
             raise ValueError(f"unknown video model {flat['model']!r}; choose one of {list(VIDEO_VARIANTS)}")
         t, h, _ = VideoSwinConfig.from_name(flat["model"]).clip_size
+        if flat["recipe"] == "small" and "img_size" not in given:
+            clips = training_clips(flat["data"])
+            h = small_size(frame_size(clips[0]) if clips else None)
         flat["frames"] = t if flat["frames"] is None else flat["frames"]
         flat["img_size"] = h if flat["img_size"] is None else flat["img_size"]
         small = {k: flat[k] for k in ("frames", "frame_stride", "test_clips", "img_size") if flat[k] < 1}
@@ -673,7 +715,7 @@ class VideoTask(Task):
             x = torch.cat([views(tv_tensors.Video(c)) for c in video.split(d["frames"])])  # (V, T, C, S, S)
             top = predict(model, x.transpose(1, 2).to(device), names, args.topk)  # views (V, C, T, S, S)
             if args.json:
-                print(json.dumps({"clip": str(path), "frames": n, "views": len(x), "predictions": top}))
+                print(dumps({"clip": str(path), "frames": n, "views": len(x), "predictions": top}))
             else:
                 print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top))
         return 1 if failed else 0

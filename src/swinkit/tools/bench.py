@@ -15,7 +15,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from ..allocator import tune_cpu_allocator
-from ..io.checkpoint import atomic_write
+from ..cpu import cpu_name
+from ..io.files import atomic_write
 from ..config import ALIASES, SwinConfig
 
 LIBS = ("swinkit", "timm", "timm-sdpa", "torchvision", "transformers")  # timm-sdpa: timm with TIMM_FUSED_ATTN=2
@@ -389,15 +389,7 @@ def _growth(rows: list[dict]) -> None:
 
 
 def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
 
 
 def _lib_version(lib: str) -> str:

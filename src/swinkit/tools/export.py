@@ -15,9 +15,8 @@ Metadata (ONNX metadata_props; FILE.json beside a .pt2 or TorchScript file, and 
 every value JSON-encoded - task, layout, input_shape, ranges, export_size, value_range, mean, std, resize,
 class_names (palette for segmentation, upscale for restoration), output, swinkit_version, format.
 
-The part above `# ---- export` imports neither torch nor swinkit: a deployment needs numpy, pillow and onnxruntime
-(but `import swinkit.tools.export` runs swinkit/__init__.py, which imports torch; load this file on its own, or
-make that __init__ lazy).
+The part above `# ---- export` imports no torch (only swinkit.io.files and swinkit.io.images, which import none
+either; swinkit/__init__.py is lazy): a deployment needs numpy, pillow and onnxruntime.
 
 Limits: height and width are fixed in every format today. nn/windows.py builds gather indices and masks from Python
 sizes in lru_caches: torch.export cannot hash symbolic sizes, and tracing freezes them. While exporting, blocks
@@ -29,11 +28,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json as json_module
+import logging
+import os
 import sys
+import warnings
 import types
 from pathlib import Path
 
 import numpy as np
+
+from ..io.files import atomic_write, dumps, first_line, plan_outputs
+from ..io.images import load_image
 
 FORMATS = ("onnx", "pt2", "torchscript")
 TOLERANCE = 1e-4  # max |exported - eager| / max(1, max |eager|)
@@ -84,11 +89,22 @@ class OnnxModel:
     """An exported ONNX file on onnxruntime's CPU provider, with its swinkit metadata: `model(x)` checks x's shape
     against the metadata (a clear error instead of onnxruntime's) and returns the first output."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, optimized: bool = True):
+        """optimized=False runs the graph as written, with no fusion: a QDQ file's int8 layers then run as
+        DequantizeLinear + float MatMul, the exact arithmetic of its scales without the CPU's int8 kernels."""
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if not self.path.is_file():
+            raise ExportError(f"ONNX file {path} does not exist: expected a file written by `swinkit export`")
+        options = ort.SessionOptions()
+        if not optimized:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes for every unreadable file
+            raise ExportError(f"{path} is not a readable ONNX file ({first_line(e)}): expected a file written by "
+                              "`swinkit export`; export it again") from None
         self.meta = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         if "input_shape" not in self.meta:
             raise ExportError(f"{path} has no swinkit metadata (input_shape, mean, std, ...): expected a file written "
@@ -145,17 +161,6 @@ def preprocess(img, meta: dict) -> np.ndarray:
     return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1))  # (C, H, W)
 
 
-def _read_image(path: str | Path, channels: int):
-    """Decode fully; RGB (through RGBA for palette images, so transparency is honoured) or grayscale."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        if channels == 1:
-            return img.convert("L")
-        return (img.convert("RGBA") if img.mode == "P" else img).convert("RGB")
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -173,10 +178,11 @@ def _mask_png(mask: np.ndarray, palette: list | None):
 
 
 def predict_onnx(files: list[str | Path], onnx_path: str | Path, topk: int = 5, json: bool = False,
-                 out: str | Path = "predictions") -> int:
+                 out: str | Path = "predictions", overwrite: bool = False) -> int:
     """`swinkit predict --onnx FILE IMAGE...` without PyTorch: the top-k classes of a classifier (one line or one
-    JSON line per image), or for a segmenter a class-index PNG per image in `out` (at the image's size). Returns
-    the exit status: 1 when a file could not be read or predicted."""
+    JSON line per image), or for a segmenter a class-index PNG per image in `out` (at the image's size; existing
+    files only with `overwrite`, never an input). Returns the exit status: 1 when a file could not be read or
+    predicted."""
     model = OnnxModel(onnx_path)
     meta = model.meta
     task = meta["task"]
@@ -187,12 +193,16 @@ def predict_onnx(files: list[str | Path], onnx_path: str | Path, topk: int = 5, 
     if topk < 1:
         raise ExportError(f"topk must be >= 1, got {topk}")
     channels = meta["input_shape"][1]
-    failed, used = 0, set()
-    for path in files:
+    plan = plan_outputs(files, out, ("{stem}.png",), overwrite) if task == "segment" else [()] * len(files)
+    failed = 0
+    for path, outs in zip(files, plan):
         try:
-            img = _read_image(path, channels)
+            img = load_image(path, channels)
             x = preprocess(img, meta)[None]  # (1, C, H, W)
             y = model(x)[0]
+            if not np.isfinite(y).all():
+                raise ValueError(f"the model's output holds NaN or infinite values: the weights in {onnx_path} "
+                                 "are broken; export a working checkpoint")
         except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: onnxruntime's
             failed += 1
             print(f"error: cannot predict {path}: {e}", file=sys.stderr)
@@ -202,7 +212,7 @@ def predict_onnx(files: list[str | Path], onnx_path: str | Path, topk: int = 5, 
             top = np.argsort(-prob, kind="stable")[:topk]
             names = meta["class_names"]
             preds = [{"class": names[i], "index": int(i), "prob": float(prob[i])} for i in top]
-            print(json_module.dumps({"image": str(path), "predictions": preds}) if json else
+            print(dumps({"image": str(path), "predictions": preds}) if json else
                   f"{path}: " + ", ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in preds))
             continue
         from PIL import Image
@@ -211,16 +221,11 @@ def predict_onnx(files: list[str | Path], onnx_path: str | Path, topk: int = 5, 
         png = _mask_png(mask, meta.get("palette"))
         if png.size != img.size:
             png = png.resize(img.size, Image.NEAREST)
-        stem = Path(path).stem
-        while stem in used:
-            stem += "_"
-        used.add(stem)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        mask_path = Path(out) / f"{stem}.png"
-        png.save(mask_path)
+        mask_path = outs[0]
+        atomic_write(mask_path, lambda p: png.save(p, format="PNG"))
         counts = np.bincount(np.asarray(png).ravel(), minlength=len(meta["class_names"]))
         share = {meta["class_names"][i]: float(counts[i] / counts.sum()) for i in np.argsort(-counts) if counts[i]}
-        print(json_module.dumps({"image": str(path), "mask": str(mask_path), "classes": share}) if json else
+        print(dumps({"image": str(path), "mask": str(mask_path), "classes": share}) if json else
               f"{path}: {mask_path} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in share.items()))
     return 1 if failed else 0
 
@@ -389,9 +394,8 @@ def _save(fmt: str, ep, model, x, out: Path, layout: str, opset: int) -> tuple[l
                                         opset_version=opset, verbose=False)
             program.save(str(out))
             return _shape_from_onnx(out, layout), _shape_from_program(ep, layout)[1], "torch.onnx (dynamo)"
-        except Exception as e:  # noqa: BLE001 - any exporter failure: the tracing exporter still gives a file
-            print(f"note: the dynamo ONNX exporter failed ({_first_line(e)}); using the TorchScript-based one",
-                  file=sys.stderr)
+        except Exception:  # noqa: BLE001 - any exporter failure: the tracing exporter still gives a file (the
+            pass           # metadata's "exporter" says which one wrote it)
     return _onnx_by_tracing(model, x, out, layout, opset)
 
 
@@ -443,13 +447,17 @@ def verify(model, fmt: str, out: Path, task: str, sizes: list[tuple[int, ...]], 
             if got.shape != ref.shape:
                 raise ExportError(f"{out} at batch {b}, size {'x'.join(map(str, size))}: output shape "
                                   f"{list(got.shape)}, eager {list(ref.shape)}")
-            diff = float(np.abs(got - ref).max())
+            if not np.isfinite(ref).all():
+                raise ExportError(f"the model's own output at batch {b}, size {'x'.join(map(str, size))} holds NaN "
+                                  "or infinite values, so no export of it can be checked: its weights are broken "
+                                  "(retrain, or export an earlier checkpoint)")
+            diff = float(np.abs(got - ref).max())  # NaN when the export computes NaN: a failure below
             rows.append({"batch": b, "size": list(size), "max_abs_diff": diff,
                          "relative": diff / max(1.0, float(np.abs(ref).max()))})
             log(f"verify {fmt}: batch {b} size {'x'.join(map(str, size))}: max |diff| {diff:.2e} "
                 f"(relative {rows[-1]['relative']:.2e}, tolerance {tolerance:.0e})")
-    worst = max(rows, key=lambda r: r["relative"])
-    if worst["relative"] > tolerance:
+    worst = max(rows, key=lambda r: (not r["relative"] <= tolerance, r["relative"]))  # NaN compares false
+    if not worst["relative"] <= tolerance:
         raise ExportError(f"{out} does not match the eager model: relative max |diff| {worst['relative']:.2e} > "
                           f"{tolerance:.0e} at batch {worst['batch']}, size {'x'.join(map(str, worst['size']))}. "
                           "Re-export with a fixed size (--img-size of your inputs) or report it as a bug")
@@ -550,6 +558,24 @@ def _exportable(model):
         clear_caches()
 
 
+@contextlib.contextmanager
+def quiet_exporters():
+    """The exporters' and the quantizer's own warnings and log lines (torch.onnx, onnxscript, onnx_ir, onnxruntime):
+    nothing a user of swinkit export / quantize can act on; failures still raise and are reported."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript",
+                                                "onnx_ir", "onnxruntime", "root")]
+    levels = [log.level for log in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
+
+
 def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:200]
 
@@ -576,21 +602,34 @@ def export(model, out: str | Path, fmt: str = "onnx", img_size: tuple[int, ...] 
     info = export_metadata(model, meta)
     x = _example(model, task, 2, size)  # batch 2: torch.export specialises an example batch of 1
     second = _other_size(size, _size_step(model))
-    with torch.no_grad():
-        model(x)  # an input the model refuses fails here, with the model's own message
-        with _exportable(model):
-            shape, ranges, how, fixed_reason = _export_checked(model, x, out, fmt, layout, task, second, opset)
-    if not isinstance(shape[0], str):
-        raise ExportError(f"the {how} exporter fixed the batch at {shape[0]}: expected a dynamic batch")
-    dynamic = all(isinstance(s, str) for s in shape[2:])
-    info.update({"format": fmt, "exporter": how, "input_shape": shape, "ranges": ranges, "export_size": list(size),
-                 "fixed_reason": None if dynamic else fixed_reason, "opset": opset if fmt == "onnx" else None,
-                 "torch_version": torch.__version__})
-    if not dynamic:
-        log(f"note: {out} takes {'x'.join(map(str, size))} inputs only (dynamic batch): {fixed_reason}")
-    _write_metadata(fmt, out, info)
-    if do_verify:
-        info["verified"] = verify(model, fmt, out, task, [size, second] if dynamic else [size], log=log)
+    # everything is written to and checked on a staged file, moved to `out` only once verified: a failed or
+    # interrupted export never leaves a file (or replaces one) under the name the user gave
+    stage = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        with torch.no_grad():
+            model(x)  # an input the model refuses fails here, with the model's own message
+            with _exportable(model), quiet_exporters():
+                shape, ranges, how, fixed_reason = _export_checked(model, x, stage, fmt, layout, task, second, opset)
+        if not isinstance(shape[0], str):
+            raise ExportError(f"the {how} exporter fixed the batch at {shape[0]}: expected a dynamic batch")
+        dynamic = all(isinstance(s, str) for s in shape[2:])
+        info.update({"format": fmt, "exporter": how, "input_shape": shape, "ranges": ranges,
+                     "export_size": list(size), "fixed_reason": None if dynamic else fixed_reason,
+                     "opset": opset if fmt == "onnx" else None, "torch_version": torch.__version__})
+        if not dynamic:  # the reason, with the exporter's own words, is in the metadata's fixed_reason
+            log(f"note: {out} takes {'x'.join(map(str, size))} inputs only (the batch is dynamic); export again "
+                "with --img-size H W for inputs of another size")
+        _write_metadata(fmt, stage, info)
+        if do_verify:
+            info["verified"] = verify(model, fmt, stage, task, [size, second] if dynamic else [size], log=log)
+        if Path(f"{stage}.json").exists():
+            os.replace(f"{stage}.json", f"{out}.json")
+        os.replace(stage, out)
+    except ExportError as e:
+        raise ExportError(str(e).replace(str(stage), str(out))) from None  # name the file the user asked for
+    finally:
+        stage.unlink(missing_ok=True)
+        Path(f"{stage}.json").unlink(missing_ok=True)
     return info
 
 
@@ -630,15 +669,20 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                                                                 "the TorchScript-based one)")
     parser.add_argument("--img-size", type=int, nargs="+", metavar="H W",
                         help="export size: H W (video: T H W); default the model's")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help=f"compare with the eager model at two batch sizes and sizes (tolerance {TOLERANCE})")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.files import OutputError, check_outputs
+
     try:
+        sidecar = [Path(f"{args.out}.json")] if args.format != "onnx" else []
+        check_outputs([args.out, *sidecar], [args.checkpoint] if args.checkpoint else [], args.overwrite)
         model, meta = load_for_export(args.checkpoint, args.model)
         info = export(model, args.out, args.format, args.img_size, args.opset, args.verify, meta)
-    except (ExportError, ValueError, FileNotFoundError, ImportError) as e:
+    except (ExportError, OutputError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     shape = " x ".join(map(str, info["input_shape"]))

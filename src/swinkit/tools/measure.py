@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..io.files import cache_dir, dumps, source_digest, write_json
 from ..config import (ALIASES, DET_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
                       DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
 from ..models.segmentation import SegmentationModel
@@ -134,53 +136,74 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
 
 
+SECTIONS = [  # (title of the table, or None for the image table; note under it)
+    (None, "params with the default head; GMACs = multiply-adds of one image at the default size (measured live with "
+           "torch.utils.flop_counter); paper = figure published by the Swin papers / official model hub"),
+    ("segmentation model (150 classes)", "params with the auxiliary head (training only); GMACs = one inference pass "
+     "at the size shown (window mode pad); paper = Swin paper, Table 3 (ADE20K UPerNet)"),
+    ("Swin-UNet", "Swin-UNet (Cao et al. 2021): the official configuration, 9 classes; no published params or FLOPs"),
+    ("video model", "GMACs = one T x H x W view; paper = the official Video-Swin-Transformer README (Kinetics-400 "
+     "rows; SSv2: Swin-B); torchvision's swin3d_t / s / b are video_swin_t / s / b"),
+    ("restoration model (SwinIR / Swin2SR)", "GMACs = one 64x64 low-quality input (the output is upscale times "
+     "larger); paper = SwinIR paper, which counts no relative position bias tables (0.03-0.05M here)"),
+    ("detector (80 classes)", "torchvision's detectors on Swin + FPN; GMACs = one 800x1333 image (padded to "
+     "800x1344), box head on 1000 proposals and mask head on 100 detections, as mmdetection counts; paper = the "
+     "official Swin-Transformer-Object-Detection README, measured by mmdetection at 1280x800 (266.6 GMACs here for "
+     "Mask R-CNN Swin-T at that size). torchvision's R-CNN heads have one more class output (background first) and "
+     "regress boxes for it too (+4.4K params)"),
+]
+
+
+def _sections(aliases: bool) -> list[tuple[list[str], object]]:
+    """(variant names, measuring function) of each SECTIONS entry."""
+    return [([n for n in VARIANTS if aliases or n not in ALIASES], measure_variant),
+            (list(SEG_VARIANTS), measure_segmentation_variant), (list(UNET_VARIANTS), measure_unet_variant),
+            (list(VIDEO_VARIANTS), measure_video_variant), (list(SWINIR_VARIANTS), measure_restoration_variant),
+            (list(DET_VARIANTS), measure_detection_variant)]
+
+
 def run(args: argparse.Namespace) -> int:
-    names = [n for n in VARIANTS if args.aliases or n not in ALIASES]
-    rows = [measure_variant(n) for n in names]
-    seg_rows = [measure_segmentation_variant(n) for n in SEG_VARIANTS]
-    unet_rows = [measure_unet_variant(n) for n in UNET_VARIANTS]
-    video_rows = [measure_video_variant(n) for n in VIDEO_VARIANTS]
-    restoration_rows = [measure_restoration_variant(n) for n in SWINIR_VARIANTS]
+    """Print each row as soon as it is measured (about a minute in all on a small CPU the first time); rows come
+    from the cache after that."""
+    cache = cache_dir() / f"models-{source_digest(torch.__version__)}.json"  # any change measures anew
     try:
-        det_rows = [measure_detection_variant(n) for n in DET_VARIANTS]
-    except ImportError:  # torchvision (the train extra) is not installed
-        det_rows = []
-    if args.json:
-        for r in rows + seg_rows + unet_rows + video_rows + restoration_rows + det_rows:
-            print(json.dumps(r))
-        return 0
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    fresh = len(known)
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{'model':36} {'V':>1} {'size':>4} {'win':>3} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
-    for r in rows:
-        print(f"{r['name']:36} {r['version']:>1} {r['img_size']:>4} {r['window']:>3} {r['params_m']:>10.1f} "
-              f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
-    print("params with the default head; GMACs = multiply-adds of one image at the default size (measured "
-          "live with torch.utils.flop_counter); paper = figure published by the Swin papers / official model hub")
-    _print_sized("segmentation model (150 classes)", seg_rows,
-                 "params with the auxiliary head (training only); GMACs = one inference pass at the size shown "
-                 "(window mode pad); paper = Swin paper, Table 3 (ADE20K UPerNet)")
-    _print_sized("Swin-UNet", unet_rows, "Swin-UNet (Cao et al. 2021): the official configuration, 9 classes; no "
-                 "published params or FLOPs")
-    _print_sized("video model", video_rows, "GMACs = one T x H x W view; paper = the official Video-Swin-Transformer "
-                 "README (Kinetics-400 rows; SSv2: Swin-B); torchvision's swin3d_t / s / b are video_swin_t / s / b")
-    _print_sized("restoration model (SwinIR / Swin2SR)", restoration_rows,
-                 "GMACs = one 64x64 low-quality input (the output is upscale times larger); paper = SwinIR paper, "
-                 "which counts no relative position bias tables (0.03-0.05M here)")
-    if det_rows:
-        _print_sized("detector (80 classes)", det_rows,
-                     "torchvision's detectors on Swin + FPN; GMACs = one 800x1333 image (padded to 800x1344), box "
-                     "head on 1000 proposals and mask head on 100 detections, as mmdetection counts; paper = the "
-                     "official Swin-Transformer-Object-Detection README, measured by mmdetection at 1280x800 (266.6 "
-                     "GMACs here for Mask R-CNN Swin-T at that size). torchvision's R-CNN heads have one more class "
-                     "output (background first) and regress boxes for it too (+4.4K params)")
+    if not args.json and not known:
+        print("measuring every variant on the meta device (once; cached in "
+              f"{cache.parent}) ...", file=sys.stderr, flush=True)
+    for (title, note), (names, measure) in zip(SECTIONS, _sections(args.aliases)):
+        if not args.json:
+            print(f"{'model':36} {'V':>1} {'size':>4} {'win':>3} {'params(M)':>10} {'paper':>6} {'GMACs':>7} "
+                  f"{'paper':>6}" if title is None else f"\n{title:36} {'V':>1} {'size':>11} {'win':>6} "
+                  f"{'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}", flush=True)
+        for name in names:
+            key = f"{measure.__name__}:{name}"
+            if key not in known:
+                try:
+                    known[key] = measure(name)
+                except ImportError:  # torchvision (the train extra) for the detectors
+                    break
+            r = known[key]
+            if args.json:
+                print(dumps(r), flush=True)
+            elif title is None:
+                print(f"{r['name']:36} {r['version']:>1} {r['img_size']:>4} {r['window']:>3} {r['params_m']:>10.1f} "
+                      f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}",
+                      flush=True)
+            else:
+                size = "x".join(map(str, r["size"]))
+                print(f"{r['name']:36} {r['version']:>1} {size:>11} {r['window']:>6} {r['params_m']:>10.1f} "
+                      f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}",
+                      flush=True)
+        if not args.json:
+            print(note)
+    if len(known) > fresh:
+        try:
+            write_json(cache, known, indent=None)
+        except OSError:  # a read-only home: measure again next time
+            pass
     return 0
-
-
-def _print_sized(title: str, rows: list[dict], note: str) -> None:
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"\n{title:36} {'V':>1} {'size':>11} {'win':>6} {'params(M)':>10} {'paper':>6} {'GMACs':>7} {'paper':>6}")
-    for r in rows:
-        size = "x".join(map(str, r["size"]))
-        print(f"{r['name']:36} {r['version']:>1} {size:>11} {r['window']:>6} {r['params_m']:>10.1f} "
-              f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}")
-    print(note)

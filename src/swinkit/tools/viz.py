@@ -31,7 +31,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..io.checkpoint import atomic_write
+from ..io.files import atomic_write
 from ..config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
 from .measure import count_macs, count_params
 from ..factory import create_model
@@ -700,7 +700,10 @@ def receptive_field_data(model: SwinTransformer, image: torch.Tensor, rel: float
     maps = []
     for k, o in enumerate(outs):
         h, w = o.shape[1:3]
-        g, = torch.autograd.grad(o[0, h // 2, w // 2].sum(), x, retain_graph=k < len(outs) - 1)
+        # a fixed random direction of the token, not the sum of its channels: after a fresh LayerNorm (weight 1,
+        # bias 0) that sum is 0 whatever the input, and its gradient only float rounding
+        u = torch.randn(o.shape[-1], generator=torch.Generator().manual_seed(k)).to(o)
+        g, = torch.autograd.grad(o[0, h // 2, w // 2] @ u, x, retain_graph=k < len(outs) - 1)
         t = token_px(model, max(stages[k], 0))
         maps.append(_rf_stats(g[0].abs().sum(0).cpu(), ((h // 2 + 0.5) * t, (w // 2 + 0.5) * t), rel, mass))
     return dict(names=names, stages=stages, size=tuple(image.shape[1:]), maps=maps,
