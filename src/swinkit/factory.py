@@ -12,19 +12,23 @@ from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_n
                             load_video_into_named, read_backbone)
 from .models.backbone import SwinBackbone
 from .models.segmentation import SegmentationModel
-from .models.swin import SwinTransformer
+from .models.swin import SwinFeatures, SwinTransformer
 from .models.swinir import SwinIR
 from .models.video import VideoSwinTransformer
 
 
 def create_model(name: str, pretrained: bool | str = False, checkpoint: str | None = None,
-                 **overrides) -> SwinTransformer:
+                 features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3),
+                 **overrides) -> SwinTransformer | SwinFeatures:
     """Build a named variant; keyword overrides are SwinConfig fields (num_classes=10, drop_path_rate=0.1).
 
-    `checkpoint=PATH` or `pretrained=True` load weights (see swinkit.io.checkpoint)."""
+    `checkpoint=PATH` or `pretrained=True` load weights (see swinkit.io.checkpoint). `features_only=True` returns,
+    as timm does, a model whose forward gives the NCHW maps of the stages `out_indices` (SwinFeatures)."""
     if checkpoint is not None or pretrained:
-        return load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
-    return SwinTransformer(SwinConfig.from_name(name, **overrides))
+        model = load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
+    else:
+        model = SwinTransformer(SwinConfig.from_name(name, **overrides))
+    return SwinFeatures(model, out_indices) if features_only else model
 
 
 def create_backbone(name_or_checkpoint: str | Path, out_indices: Sequence[int] = (0, 1, 2, 3),
