@@ -6,7 +6,7 @@ import torch
 
 import swinkit
 from swinkit import SwinBackbone, SwinTransformer
-from swinkit.io.convert import convert_state_dict
+from swinkit.io.formats.swin import convert_state_dict
 from swinkit.models.swin import SwinTrunk
 
 from conftest import randomize_, tiny_config
