@@ -30,7 +30,7 @@ import torch
 
 from swinkit import cpu, create_model
 from swinkit.data import digits_folder
-from swinkit.io.checkpoint import load_model
+from swinkit.io.load import load_model
 from swinkit.tools import bench
 from swinkit.tools.export import OnnxModel, export
 from swinkit.tools.quantize import _inputs, calibration_files, quantize_onnx

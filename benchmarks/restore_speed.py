@@ -68,7 +68,7 @@ def main() -> None:
     if args.worker:
         return worker(json.loads(args.worker))
     import swinkit
-    from swinkit.io.checkpoint import write_checkpoint
+    from swinkit.io.load import write_checkpoint
     from swinkit.tools import bench
 
     tmp = Path(tempfile.mkdtemp())

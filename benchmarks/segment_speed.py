@@ -61,7 +61,7 @@ def main() -> None:
     if args.worker:
         return worker(json.loads(args.worker))
     import swinkit
-    from swinkit.io.checkpoint import write_segmentation_checkpoint
+    from swinkit.io.formats.segmentation import write_segmentation_checkpoint
     from swinkit.tools import bench
 
     torch.manual_seed(0)

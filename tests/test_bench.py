@@ -9,7 +9,7 @@ import torch
 from swinkit.tools import bench
 from swinkit.cli import main
 from swinkit.config import SwinConfig
-from swinkit.tools.measure import count_macs, count_params
+from swinkit.counting import count_macs, count_params
 
 TINY = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_classes=7)  # swinkit_config
 SPEC = dict(lib="swinkit", model="swin_t", img_size=32, batch_size=2, dtype="float32", mode="infer", device="cpu",

@@ -15,10 +15,13 @@ import torch.nn.functional as F
 
 import swinkit
 from swinkit import SwinTransformer, load_model, save_model
-from swinkit.io import checkpoint as ckpt_mod
-from swinkit.io.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from swinkit.io import hub as hub_io
+from swinkit.io.files import CheckpointError
+from swinkit.io.formats import swin as swin_io
+from swinkit.io.formats.swin import read_checkpoint
+from swinkit.io.load import write_checkpoint
 from swinkit.cli import main as cli
-from swinkit.io.convert import convert_state_dict
+from swinkit.io.formats.swin import convert_state_dict
 
 from conftest import FIXTURES, randomize_, tiny_config
 from test_convert import PARITY, logits, parity_error, peer_logits, peer_model
@@ -207,9 +210,9 @@ def test_named_variant_keeps_the_windows_its_checkpoint_clamped(tmp_path):
     write_checkpoint(model.state_dict(), cfg, tmp_path / "22k.pth", "official")
     ckpt = read_checkpoint(tmp_path / "22k.pth")
     assert ckpt.config.window_size == ((12, 12),) * 3 + ((6, 6),) and ckpt.config.img_size == (192, 192)
-    same = ckpt_mod._target_config(ckpt.config, {}, swinkit.SwinConfig.from_name("swinv2_base_window12_192", **small))
+    same = swin_io.target_config(ckpt.config, {}, swinkit.SwinConfig.from_name("swinv2_base_window12_192", **small))
     assert same.window_size == ckpt.config.window_size and same.pretrained_window_sizes == ((0, 0),) * 4
-    target = ckpt_mod._target_config(ckpt.config, {}, swinkit.SwinConfig.from_name(
+    target = swin_io.target_config(ckpt.config, {}, swinkit.SwinConfig.from_name(
         "swinv2_base_window12to16_192to256", **small))
     assert target.window_size == ((16, 16),) * 4 and target.pretrained_window_sizes == ((12, 12),) * 3 + ((6, 6),)
 
@@ -337,30 +340,30 @@ def test_pretrained_download_from_a_local_server(hub, tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{served.name}"
-        monkeypatch.setitem(ckpt_mod.PRETRAINED, "swin_tiny_patch4_window7_224", (url, "sha256:" + _sha256(served)))
+        monkeypatch.setitem(hub_io.PRETRAINED, "swin_tiny_patch4_window7_224", (url, "sha256:" + _sha256(served)))
         loaded = swinkit.create_model("swin_t", pretrained=True)
     finally:
         server.shutdown()
     assert _sha256(hub / served.name) == _sha256(served)
     assert loaded.cfg.embed_dim == 96 and not loaded.training
     assert all(torch.equal(v, sd[k]) for k, v in loaded.state_dict().items())
-    assert ckpt_mod.download_pretrained("swin_t") == hub / served.name  # cached: the server is gone
+    assert hub_io.download_pretrained("swin_t") == hub / served.name  # cached: the server is gone
 
 
 def test_pretrained_checksums_from_a_file_url(hub, tmp_path, monkeypatch):
     release = tmp_path / "swin_small_patch4_window7_224.pth"
     release.write_bytes(b"not the weights")
-    monkeypatch.setitem(ckpt_mod.PRETRAINED, "swin_small_patch4_window7_224", (release.as_uri(), "sha256:" + "0" * 64))
+    monkeypatch.setitem(hub_io.PRETRAINED, "swin_small_patch4_window7_224", (release.as_uri(), "sha256:" + "0" * 64))
     with pytest.raises(CheckpointError, match=r"checksum mismatch for file://.*the download was deleted"):
-        ckpt_mod.download_pretrained("swin_s")
+        hub_io.download_pretrained("swin_s")
     assert not (hub / release.name).exists()
-    monkeypatch.setitem(ckpt_mod.PRETRAINED, "swin_small_patch4_window7_224", (release.as_uri(), None))
+    monkeypatch.setitem(hub_io.PRETRAINED, "swin_small_patch4_window7_224", (release.as_uri(), None))
     with pytest.warns(UserWarning, match=f"has no published checksum; .* has sha256 {_sha256(release)}"):
-        assert ckpt_mod.download_pretrained("swin_s").read_bytes() == b"not the weights"
+        assert hub_io.download_pretrained("swin_s").read_bytes() == b"not the weights"
 
 
 def test_pretrained_offline_says_how_to_pass_a_file(hub, monkeypatch):
-    monkeypatch.setitem(ckpt_mod.PRETRAINED, "swin_tiny_patch4_window7_224", ("http://127.0.0.1:9/x.pth", None))
+    monkeypatch.setitem(hub_io.PRETRAINED, "swin_tiny_patch4_window7_224", ("http://127.0.0.1:9/x.pth", None))
     with pytest.raises(CheckpointError, match=r"could not download .* pass it: swinkit\.create_model\("
                                               r"'swin_tiny_patch4_window7_224', checkpoint='path/to/x\.pth'\)"):
         swinkit.create_model("swin_tiny_patch4_window7_224", pretrained=True)
@@ -371,7 +374,7 @@ def test_pretrained_offline_says_how_to_pass_a_file(hub, monkeypatch):
 def test_every_named_release_points_at_its_official_file():
     from swinkit.config import VARIANTS
 
-    for name, (url, _) in ckpt_mod.PRETRAINED.items():
+    for name, (url, _) in hub_io.PRETRAINED.items():
         assert name in VARIANTS and url.startswith("https://github.com/SwinTransformer/storage/releases/download/")
         file = Path(url).name  # swinv2 files spell the patch size, the variant names do not
         assert file.startswith(name) or file.replace("_patch4", "").startswith(name), (name, file)

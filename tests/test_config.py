@@ -6,7 +6,7 @@ import torch
 
 import swinkit
 from swinkit.config import ALIASES, SEG_VARIANTS, UNET_VARIANTS, VARIANTS, SwinConfig
-from swinkit.tools.measure import measure_variant
+from swinkit.counting import measure_variant
 
 PUBLISHED = [n for n in VARIANTS if n not in ALIASES and VARIANTS[n]["paper_params_m"] is not None]
 
@@ -83,7 +83,7 @@ def test_meta_build_of_giant_costs_no_memory():
 
 def test_macs_counted_alike_on_cpu_and_meta():
     from conftest import tiny_config
-    from swinkit.tools.measure import count_macs
+    from swinkit.counting import count_macs
 
     cfg = tiny_config()
     cpu = swinkit.SwinTransformer(cfg).eval()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from swinkit import SwinTransformer
-from swinkit.io.convert import FORMATS, convert_state_dict, detect_format, infer_config
+from swinkit.io.formats.swin import FORMATS, convert_state_dict, detect_format, infer_config
 
 from conftest import FIXTURES, randomize_, tiny_config
 
@@ -118,7 +118,7 @@ def test_official_fixture_parity_and_exact_round_trip(version):
 
 
 def _imported(sd):
-    from swinkit.io.convert import to_swinkit
+    from swinkit.io.formats.swin import to_swinkit
 
     imp = to_swinkit(sd)
     return imp.state_dict, imp.buffers

@@ -268,7 +268,7 @@ def test_inspect_and_convert_detection_files(tmp_path, capsys):
     read back to the same tensors."""
     import swinkit
     from swinkit.cli import main
-    from swinkit.io.detection import detection_to_swinkit
+    from swinkit.io.formats.detection import detection_to_swinkit
 
     det = swinkit.create_detector("retinanet", num_classes=2, embed_dim=16, depths=(1, 1, 2, 1),
                                   num_heads=(1, 2, 4, 8), window_size=4)

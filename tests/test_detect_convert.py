@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from conftest import randomize_
 from swinkit import DetectionConfig, SwinConfig
 from swinkit.config import SegmentationConfig
-from swinkit.io.checkpoint import CheckpointError, load_backbone_weights, read_backbone
-from swinkit.io.convert import segmentation_from_swinkit
-from swinkit.io.detection import (convert_detection_state_dict, detection_to_swinkit, infer_detection_config,
+from swinkit.io.files import CheckpointError
+from swinkit.io.formats.segmentation import load_backbone_weights, read_backbone, segmentation_from_swinkit
+from swinkit.io.formats.detection import (convert_detection_state_dict, detection_to_swinkit, infer_detection_config,
                                   is_detection_state_dict, load_detector, read_detection_checkpoint, save_detector)
 from swinkit.models.backbone import SwinBackbone
 from swinkit.models.detection import build_detector

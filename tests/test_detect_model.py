@@ -180,7 +180,7 @@ def test_config_round_trips_and_rejects_bad_values():
 def test_published_params_and_flops():
     """Mask R-CNN Swin-T: the official 48M params and 267 GFLOPs (mmdetection's count at 1280x800: box head on
     1000 proposals, mask head on 100); Swin-S 69M / 359G."""
-    from swinkit.tools.measure import measure_detection_variant
+    from swinkit.counting import measure_detection_variant
 
     for name in ("maskrcnn_swin_t", "maskrcnn_swin_s"):
         r = measure_detection_variant(name, size=(800, 1280))

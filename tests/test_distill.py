@@ -18,7 +18,7 @@ from swinkit.data import digits_folder
 from swinkit.distill import (CONFIG_KEY, DistillationHead, Distiller, Teacher, add_distillation_head,
                              classifier_config, fold_distillation_head, hard_distillation_loss, load_classifier,
                              soft_distillation_loss)
-from swinkit.io.checkpoint import write_checkpoint
+from swinkit.io.load import write_checkpoint
 from swinkit.tasks.base import Env
 from swinkit.tasks.classify import ClassifyTask
 

@@ -357,10 +357,14 @@ def test_help_and_models_are_quick_the_second_time(tmp_path, monkeypatch, capsys
     # `swinkit models` streams its rows, and the second run reads them from the cache
     from swinkit.tools import measure
 
-    def sections(measure_variant):
-        return lambda aliases: [(["swin_t", "swinv2_t"], measure_variant)] + [([], measure_variant)] * 5
+    import dataclasses
 
-    monkeypatch.setattr(measure, "_sections", sections(measure.measure_variant))
+    from swinkit import counting, families
+
+    def sections(measure_variant):  # the image family alone, two of its variants
+        return lambda aliases: [(dataclasses.replace(families.SWIN, count=measure_variant), ["swin_t", "swinv2_t"])]
+
+    monkeypatch.setattr(measure, "_sections", sections(counting.measure_variant))
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == ["swin_t", "swinv2_t"]

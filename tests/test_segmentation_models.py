@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import swinkit
 from swinkit import SegmentationConfig, SegmentationModel, SwinBackbone, SwinConfig
 from swinkit.config import SEG_VARIANTS
-from swinkit.io.checkpoint import write_segmentation_checkpoint
-from swinkit.io.convert import (convert_segmentation_state_dict, detect_segmentation_format,
+from swinkit.io.formats.segmentation import (write_segmentation_checkpoint, convert_segmentation_state_dict, detect_segmentation_format,
                                 segmentation_from_swinkit)
 
 from conftest import FIXTURES, randomize_
@@ -379,7 +378,7 @@ def test_models_give_logits_at_the_input_size(head):
 
 @pytest.mark.parametrize("name", ["upernet_swin_t", "upernet_swin_s", "upernet_swin_b"])
 def test_published_params_and_flops(name):
-    from swinkit.tools.measure import measure_segmentation_variant
+    from swinkit.counting import measure_segmentation_variant
 
     r = measure_segmentation_variant(name)
     assert r["size"] == [512, 2048]

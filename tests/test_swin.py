@@ -27,7 +27,7 @@ def _logits(model, x):
 ])
 def test_parity_with_timm(name, sizes):
     timm = pytest.importorskip("timm")
-    from swinkit.io.convert import convert_state_dict
+    from swinkit.io.formats.swin import convert_state_dict
 
     for size in sizes:
         peer = randomize_(timm.create_model(name, img_size=size))
@@ -45,7 +45,7 @@ def test_parity_with_timm(name, sizes):
 ])
 def test_parity_with_torchvision(factory, name, sizes):
     tvm = pytest.importorskip("torchvision.models")
-    from swinkit.io.convert import convert_state_dict
+    from swinkit.io.formats.swin import convert_state_dict
 
     peer = randomize_(getattr(tvm, factory)())
     ours = swinkit.create_model(name)
@@ -62,7 +62,7 @@ def test_parity_with_official_fixture(version):
     path = FIXTURES / f"official_v{version}_tiny.pth"
     if not path.exists():
         pytest.skip("../shared/fixtures/official is absent")
-    from swinkit.io.convert import convert_state_dict
+    from swinkit.io.formats.swin import convert_state_dict
 
     sd = torch.load(path, map_location="cpu", weights_only=True)["model"]
     io = torch.load(FIXTURES / f"official_v{version}_tiny.io.pt", map_location="cpu", weights_only=True)

@@ -8,9 +8,10 @@ import torch
 
 import swinkit
 from swinkit.config import SwinIRConfig
-from swinkit.io import checkpoint as ckpt_io
-from swinkit.io.checkpoint import CheckpointError, write_checkpoint
-from swinkit.io.convert_swinir import (hf_swin2sr_config, infer_swinir_config, swinir_fields_from_hf,
+from swinkit.io import hub as hub_io
+from swinkit.io.files import CheckpointError
+from swinkit.io.load import write_checkpoint
+from swinkit.io.formats.restoration import (hf_swin2sr_config, infer_swinir_config, swinir_fields_from_hf,
                                        swinir_from_swinkit, swinir_to_swinkit)
 from swinkit.models import swinir as swinir_module
 from swinkit.models.swinir import SwinIR
@@ -108,14 +109,14 @@ def test_named_variant_recognised_and_pretrained_from_local_url(tmp_path, monkey
     assert set(torch.load(file, weights_only=True)) == {"params"}
     loaded = swinkit.load_model(file)
     assert loaded.cfg.name == name and loaded.cfg == model.cfg
-    monkeypatch.setitem(ckpt_io.RESTORATION_PRETRAINED, name, (file.as_uri(), None))
+    monkeypatch.setitem(hub_io.RESTORATION_PRETRAINED, name, (file.as_uri(), None))
     torch.hub.set_dir(str(tmp_path / "hub"))
     with pytest.warns(UserWarning, match="no published checksum"):
         pre = swinkit.create_restoration_model(name, pretrained=True)
     x = torch.rand(1, 3, 12, 20)
     with torch.no_grad():
         assert torch.equal(pre(x), model(x))
-    assert ckpt_io.RESTORATION_PRETRAINED["swinir_classical_x4"][0] == \
+    assert hub_io.RESTORATION_PRETRAINED["swinir_classical_x4"][0] == \
         "https://github.com/JingyunLiang/SwinIR/releases/download/v0.0/001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth"
 
 
@@ -228,7 +229,7 @@ def test_bad_inputs_and_configs(tmp_path):
 
 
 def test_measured_params_match_the_paper():
-    from swinkit.tools.measure import measure_restoration_variant
+    from swinkit.counting import measure_restoration_variant
 
     for name, tables in (("swinir_lightweight_x2", 24 * 225 * 6), ("swinir_classical_x4", 36 * 225 * 6)):
         row = measure_restoration_variant(name)

@@ -180,12 +180,14 @@ def test_groups_of_a_segmentation_model_equal_those_of_its_backbone():
 
 
 def test_layer_ids_follow_the_official_depth_order():
+    from swinkit.models.swin import layer_id  # the Swin's own rule: the loop asks the model (layer_ids)
+
     depths = (2, 2, 6, 2)
-    assert train_mod.layer_id("patch_embed.proj.weight", depths) == 0
-    assert train_mod.layer_id("layers.0.blocks.0.norm1.weight", depths) == 1
-    assert train_mod.layer_id("layers.1.downsample.reduction.weight", depths) == 2  # with the block before it
-    assert train_mod.layer_id("layers.2.blocks.5.mlp.fc2.bias", depths) == 10
-    assert train_mod.layer_id("norm3.weight", depths) == train_mod.layer_id("head.fc.weight", depths) == 13
+    assert layer_id("patch_embed.proj.weight", depths) == 0
+    assert layer_id("layers.0.blocks.0.norm1.weight", depths) == 1
+    assert layer_id("layers.1.downsample.reduction.weight", depths) == 2  # with the block before it
+    assert layer_id("layers.2.blocks.5.mlp.fc2.bias", depths) == 10
+    assert layer_id("norm3.weight", depths) == layer_id("head.fc.weight", depths) == 13
 
 
 # ---- a new task through the same loop

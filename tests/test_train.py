@@ -321,7 +321,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(folder, tmp_pa
 
 
 def test_pretrained_reinitialises_the_head_and_keeps_the_backbone(folder, tmp_path):
-    pytest.importorskip("swinkit.io.checkpoint")
+    pytest.importorskip("swinkit.io.load")
     assert train(folder, tmp_path / "src", "--epochs", "1") == 0
     two = tmp_path / "two"
     for split in ("train", "val"):

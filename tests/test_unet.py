@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from swinkit.config import SwinUNetConfig
-from swinkit.io.convert_unet import convert_unet_state_dict, infer_unet_config, load_unet
+from swinkit.io.formats.unet import convert_unet_state_dict, infer_unet_config, load_unet
 from swinkit.models.unet import SwinUNet
 
 from conftest import SHARED, randomize_
@@ -74,7 +74,7 @@ def test_load_model_reads_swin_unet_files_and_save_model_round_trips(tmp_path):
         assert torch.equal(model(io["input"]), expected)
         swinkit.save_model(model, tmp_path / "unet.safetensors")
         assert torch.equal(swinkit.load_model(tmp_path / "unet.safetensors")(io["input"]), expected)
-    with pytest.raises(swinkit.io.checkpoint.CheckpointError, match="is a Swin-UNet checkpoint: class_map"):
+    with pytest.raises(swinkit.io.files.CheckpointError, match="is a Swin-UNet checkpoint: class_map"):
         swinkit.load_model(tmp_path / "wrapped.pth", class_map=[0, 1])
 
 

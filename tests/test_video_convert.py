@@ -13,9 +13,10 @@ import swinkit
 from swinkit import VideoSwinTransformer, create_video_model, load_model, save_model
 from swinkit.cli import main as cli
 from swinkit.config import VideoSwinConfig
-from swinkit.io import checkpoint as ckpt_mod
-from swinkit.io.checkpoint import CheckpointError, inflate_checkpoint, read_video_checkpoint, write_checkpoint
-from swinkit.io.convert_video import (convert_video_state_dict, infer_video_config, video_from_swinkit,
+from swinkit.io import hub as hub_io
+from swinkit.io.files import CheckpointError
+from swinkit.io.load import write_checkpoint
+from swinkit.io.formats.video import (inflate_checkpoint, read_video_checkpoint, convert_video_state_dict, infer_video_config, video_from_swinkit,
                                       video_to_swinkit)
 
 from conftest import SHARED, randomize_, tiny_config
@@ -225,16 +226,16 @@ def test_pretrained_release_from_a_file_url(hub, tmp_path, monkeypatch):
     release = tmp_path / "swin3d_t-release.pth"
     torch.save(tv.state_dict(), release)
     digest = hashlib.sha256(release.read_bytes()).hexdigest()
-    monkeypatch.setitem(ckpt_mod.VIDEO_PRETRAINED, "video_swin_t", (release.as_uri(), "sha256:" + digest[:8]))
+    monkeypatch.setitem(hub_io.VIDEO_PRETRAINED, "video_swin_t", (release.as_uri(), "sha256:" + digest[:8]))
     model = create_video_model("video_swin_t", pretrained=True, **TINY)
     assert (hub / release.name).exists() and not model.training
     exported = convert_video_state_dict(model.state_dict(), dst="torchvision", cfg=model.cfg)
     assert all(torch.equal(v, tv.state_dict()[k]) for k, v in exported.items())
     (hub / release.name).unlink()
-    monkeypatch.setitem(ckpt_mod.VIDEO_PRETRAINED, "video_swin_t", (release.as_uri(), "sha256:00000000"))
+    monkeypatch.setitem(hub_io.VIDEO_PRETRAINED, "video_swin_t", (release.as_uri(), "sha256:00000000"))
     with pytest.raises(CheckpointError, match=r"checksum mismatch for file://.*expected sha256 00000000"):
         create_video_model("video_swin_t", pretrained=True, **TINY)
-    assert [Path(u).name.split("-")[0] for u, _ in ckpt_mod.VIDEO_PRETRAINED.values()] == ["swin3d_t", "swin3d_s",
+    assert [Path(u).name.split("-")[0] for u, _ in hub_io.VIDEO_PRETRAINED.values()] == ["swin3d_t", "swin3d_s",
                                                                                           "swin3d_b_1k"]
 
 

@@ -239,7 +239,7 @@ def test_viz_cli_draws_video_figures(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["video_swin_t", "video_swin_b", "video_swin_b_ssv2"])
 def test_params_and_flops_match_the_published_figures(name):
-    from swinkit.tools.measure import measure_video_variant
+    from swinkit.counting import measure_video_variant
 
     r = measure_video_variant(name)  # on the meta device, at 32x224x224
     assert r["params_m"] == pytest.approx(r["paper_params_m"], rel=0.01)

@@ -264,7 +264,7 @@ def test_sample_image_is_a_photograph_in_unit_range():
 
 
 def test_checkpoint_weights_are_the_ones_drawn(tmp_path):
-    pytest.importorskip("swinkit.io.checkpoint", reason="swinkit.io.checkpoint (load_model) not written yet")
+    pytest.importorskip("swinkit.io.load", reason="swinkit.io.load (load_model) not written yet")
     model = randomize_(_tiny())
     path = tmp_path / "run.pth"
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict(), "class_names": list("abcde")}, path)
@@ -274,6 +274,6 @@ def test_checkpoint_weights_are_the_ones_drawn(tmp_path):
 
 
 def test_checkpoint_without_the_checkpoint_module_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "swinkit.io.checkpoint", None)  # as if the module were missing
+    monkeypatch.setitem(sys.modules, "swinkit.io.load", None)  # as if the module were missing
     assert main(["viz", "bias", "--checkpoint", str(tmp_path / "x.pth"), "--out", str(tmp_path / "b.png")]) == 2
-    assert "--checkpoint needs swinkit.io.checkpoint" in capsys.readouterr().err
+    assert "--checkpoint needs swinkit.io.load" in capsys.readouterr().err

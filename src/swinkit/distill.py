@@ -143,8 +143,8 @@ def classifier_from_config(config: dict) -> SwinTransformer:
 def load_classifier(path: str | Path) -> tuple[SwinTransformer, dict]:
     """(model in eval mode on CPU, {"class_names": list | None, "data": the eval transform or {}}) from a run
     directory (its best.pt), a swinkit classification checkpoint (with or without a distillation head) or any file
-    `swinkit.io.checkpoint.load_model` reads (official, timm, torchvision, Hugging Face, ...)."""
-    from .io.checkpoint import load_model
+    `swinkit.load_model` reads (official, timm, torchvision, Hugging Face, ...)."""
+    from .io.load import load_model
 
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from .cpu import has_bf16
-from .io.files import CheckpointError, NonFiniteWarning, check_outputs, dumps, non_finite, read_weights
+from .families import family_of_state_dict
+from .io.files import WEIGHT_FILES, CheckpointError, NonFiniteWarning, check_outputs, dumps, non_finite
+from .io.raw import RawCheckpoint, forget, read_raw
 from .tasks import DEFAULT_TASK, TASKS, get_task
 from .tasks.base import AMP_DTYPES, Loaded, Task
 
@@ -23,51 +25,38 @@ DTYPES = ("float32", "bfloat16")  # --dtype of eval and predict (swinkit bench o
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """The file behind --checkpoint: a run directory's best.pt, or the file itself."""
+    """What --checkpoint names: a run directory's best.pt, a model directory (Hugging Face / timm: config.json beside
+    model.safetensors or pytorch_model.bin), or the file itself."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "best.pt").is_file():
-            raise FileNotFoundError(f"{path} is a folder without best.pt: expected a run directory written by "
-                                    "`swinkit train` (or pass the checkpoint file itself)")
-        path = path / "best.pt"
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        if any((path / n).is_file() for n in WEIGHT_FILES) or (path / "model.safetensors.index.json").is_file():
+            return path
+        raise FileNotFoundError(f"{path} is a folder without best.pt: expected a run directory written by `swinkit "
+                                "train` (or pass the checkpoint file itself), or a model directory holding one of "
+                                f"{', '.join(WEIGHT_FILES)}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: pass a run directory or a checkpoint file")
     return path
 
 
-def _swinkit_checkpoint(path: Path) -> dict | None:
+def _swinkit_checkpoint(raw: RawCheckpoint) -> dict | None:
     """The content of a checkpoint written by `swinkit train` (a dict with "model" and "config"), or of a
-    .safetensors file converted from one (`swinkit convert`, which keeps its task meta); else None. CheckpointError
-    for a file that is empty, truncated or not a checkpoint."""
-    if path.suffix == ".safetensors":
-        sd, meta = read_weights(path)
-        if "swinkit_task" not in meta:
-            return None
-        return {"model": sd, "config": json.loads(meta["swinkit_config"]), **json.loads(meta["swinkit_task"])}
-    if path.suffix not in (".pt", ".pth"):
-        return None
-    ck = read_weights(path)[0]
-    return ck if isinstance(ck, dict) and "model" in ck and "config" in ck else None
+    .safetensors file converted from one (`swinkit convert`, which keeps its task meta); else None."""
+    if "swinkit_task" in raw.meta:
+        return {"model": raw.obj, "config": json.loads(raw.meta["swinkit_config"]),
+                **json.loads(raw.meta["swinkit_task"])}
+    ck = raw.obj
+    return ck if isinstance(ck, dict) and "model" in ck and isinstance(ck.get("config"), dict) else None
 
 
-def foreign_task(file: Path) -> str:
-    """The task of a checkpoint in another format (official, torchvision, ...), from its weights' layout: detect,
-    video, restore, segment, else the default task."""
-    from .io.checkpoint import read_raw
-    from .io.convert import is_segmentation_state_dict
-    from .io.detection import is_detection_state_dict
-    from .io.convert_swinir import is_swinir_state_dict
-    from .io.convert_unet import is_unet
-    from .io.convert_video import is_video_state_dict
-
-    sd = read_raw(file).state_dict
-    if is_detection_state_dict(sd):
-        return "detect"
-    if is_video_state_dict(sd):
-        return "video"
-    if is_swinir_state_dict(sd):
-        return "restore"
-    return "segment" if is_segmentation_state_dict(sd) or is_unet(sd) else DEFAULT_TASK
+def _task_name(raw: RawCheckpoint) -> str:
+    """A swinkit checkpoint's task, or the default task of the family a foreign file belongs to."""
+    ck = _swinkit_checkpoint(raw)
+    if ck:
+        return ck.get("task", DEFAULT_TASK)
+    return family_of_state_dict(raw.state_dict).task or DEFAULT_TASK
 
 
 def task_of(path: str | Path) -> type[Task]:
@@ -78,11 +67,9 @@ def task_of(path: str | Path) -> type[Task]:
         if path.is_dir() and (path / "config.json").is_file():
             name = json.loads((path / "config.json").read_text()).get("task")
         else:
-            file = checkpoint_file(path)
             with warnings.catch_warnings():  # load_trained reports what is wrong with the weights
                 warnings.simplefilter("ignore")
-                ck = _swinkit_checkpoint(file)
-                name = ck.get("task", DEFAULT_TASK) if ck else foreign_task(file)
+                name = _task_name(read_raw(checkpoint_file(path)))  # the command's one read of the file
     except Exception:  # noqa: BLE001 - only a hint for the flags; load_trained reports the real problem
         name = None
     return get_task(name if name in TASKS else DEFAULT_TASK)
@@ -90,13 +77,14 @@ def task_of(path: str | Path) -> type[Task]:
 
 def load_trained(path: str | Path) -> Loaded:
     """The model (eval mode, CPU) and the task's meta from a run directory (its best.pt), a swinkit training
-    checkpoint, or a file in another format (its task from its weights' layout, see foreign_task)."""
+    checkpoint, or a file or model directory in another format (its task: its family's, swinkit.families)."""
     file = checkpoint_file(path)
     with warnings.catch_warnings():  # non-finite weights: refused below with their names
         warnings.simplefilter("ignore", NonFiniteWarning)
-        ck = _swinkit_checkpoint(file)
-        task = get_task(ck.get("task", DEFAULT_TASK) if ck else foreign_task(file))
-        loaded = task.load(file, ck)
+        raw = read_raw(file)
+        ck = _swinkit_checkpoint(raw)
+        loaded = get_task(_task_name(raw)).load(file, ck)
+    forget()  # the model holds the weights now
     bad = non_finite(loaded.model.state_dict())
     if bad:
         names = ", ".join(k for k, _, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

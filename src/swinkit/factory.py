@@ -6,25 +6,44 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch.nn as nn
+
 from .config import (DET_VARIANTS, DETECTORS, VARIANTS, DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig,
                      VideoSwinConfig)
-from .io.checkpoint import (_check_overrides, load_backbone_weights, load_into_named, load_restoration_into_named,
-                            load_video_into_named, read_backbone)
+from .io.formats.restoration import load_restoration_into_named
+from .io.formats.segmentation import load_backbone_weights, read_backbone
+from .io.formats.swin import check_overrides, load_into_named
+from .io.formats.video import load_video_into_named
 from .models.backbone import SwinBackbone
 from .models.segmentation import SegmentationModel
-from .models.swin import SwinTransformer
+from .models.swin import SwinFeatures, SwinTransformer
 from .models.swinir import SwinIR
 from .models.video import VideoSwinTransformer
 
 
+def create(name: str, **overrides) -> nn.Module:
+    """A named variant of any family (swinkit.families; `swinkit models` lists them) with random weights; overrides
+    are fields of its config. create_model, create_segmentation_model, ... add each family's weights and options."""
+    from .families import family_of_variant
+
+    family = family_of_variant(name)
+    if family is None:
+        raise ValueError(f"unknown model {name!r}: expected a variant of a swinkit family (swinkit models lists them)")
+    return family.create(name, **overrides)
+
+
 def create_model(name: str, pretrained: bool | str = False, checkpoint: str | None = None,
-                 **overrides) -> SwinTransformer:
+                 features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3),
+                 **overrides) -> SwinTransformer | SwinFeatures:
     """Build a named variant; keyword overrides are SwinConfig fields (num_classes=10, drop_path_rate=0.1).
 
-    `checkpoint=PATH` or `pretrained=True` load weights (see swinkit.io.checkpoint)."""
+    `checkpoint=PATH` or `pretrained=True` load weights (see swinkit.io.formats.swin). `features_only=True` returns,
+    as timm does, a model whose forward gives the NCHW maps of the stages `out_indices` (SwinFeatures)."""
     if checkpoint is not None or pretrained:
-        return load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
-    return SwinTransformer(SwinConfig.from_name(name, **overrides))
+        model = load_into_named(name, checkpoint=checkpoint, pretrained=pretrained, **overrides)
+    else:
+        model = SwinTransformer(SwinConfig.from_name(name, **overrides))
+    return SwinFeatures(model, out_indices) if features_only else model
 
 
 def create_backbone(name_or_checkpoint: str | Path, out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -41,7 +60,7 @@ def create_backbone(name_or_checkpoint: str | Path, out_indices: Sequence[int] =
     if not Path(name_or_checkpoint).exists():
         raise ValueError(f"{str(name_or_checkpoint)!r} is neither a variant name nor an existing checkpoint; "
                          f"variants: {', '.join(VARIANTS)}")
-    cfg, sd = read_backbone(name_or_checkpoint, window_mode=window_mode, **_check_overrides(overrides))
+    cfg, sd = read_backbone(name_or_checkpoint, window_mode=window_mode, **check_overrides(overrides))
     model = SwinBackbone(cfg, out_indices, frozen_stages)
     load_backbone_weights(model, sd, str(name_or_checkpoint))
     return model.eval()
@@ -90,7 +109,7 @@ def create_detector(detector: str, backbone: str | Path | None = None, num_class
     own = {f.name for f in dataclasses.fields(DetectionConfig)}
     drop_path = DET_VARIANTS[name]["config"]["backbone_overrides"]["drop_path_rate"]
     swin = {"drop_path_rate": drop_path, **{k: v for k, v in overrides.items() if k not in own}}
-    bb_cfg, sd = read_backbone(backbone, window_mode="pad", **_check_overrides(swin))
+    bb_cfg, sd = read_backbone(backbone, window_mode="pad", **check_overrides(swin))
     cfg = DetectionConfig.from_name(name, num_classes=num_classes, backbone=bb_cfg,
                                     **{k: v for k, v in overrides.items() if k in own})
     cfg.name = "custom"

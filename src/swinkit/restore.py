@@ -41,7 +41,7 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     else:
         from .factory import create_restoration_model
 
-        from .io.checkpoint import RESTORATION_PRETRAINED
+        from .io.hub import RESTORATION_PRETRAINED
 
         kind = args.task or "sr"
         name = args.model or default_model(kind, args.scale or (2 if kind == "sr" else 1), args.sigma or 25,

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -38,8 +37,6 @@ from tqdm import tqdm
 from . import __version__
 from .data import SeededSamples
 from .io.files import CheckpointError, atomic_write, read_weights, write_json
-from .models.swin import SwinTransformer
-from .nn.blocks import SwinBlock
 from .tasks import DEFAULT_TASK, TASKS, get_task
 from .tasks.base import AMP_DTYPES, LOOP_SETTINGS, Env, Task, TrainSettings, add_settings_arguments, autocast
 
@@ -112,35 +109,17 @@ def resolve_settings(args: argparse.Namespace) -> TrainSettings:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# optimiser and schedule: parameter groups for any model that contains a Swin
-
-# Layer ids of a Swin's parameters, by name relative to the Swin (as timm's group_matcher): 0 for the patch
-# embedding, 1 + block index for blocks, patch merging with the block before it; everything else (final norm,
-# per-stage output norms, heads, decoders, anything outside a Swin) is the top layer, sum(depths) + 1.
-SWIN_LAYERS = [
-    (re.compile(r"^(patch_embed|absolute_pos_embed)\b"), lambda m, starts: 0),
-    (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\."), lambda m, starts: starts[int(m[1])] + int(m[2]) + 1),
-    (re.compile(r"^layers\.(\d+)\.downsample\."), lambda m, starts: starts[int(m[1])]),
-]
+# optimiser and schedule: parameter groups from what the model says of itself
 
 
-def layer_id(name: str, depths: tuple[int, ...]) -> int:
-    """Depth of the parameter `name` (relative to its Swin) for layer-wise lr decay; see SWIN_LAYERS."""
-    starts = [sum(depths[:i]) for i in range(len(depths))]
-    for pattern, layer in SWIN_LAYERS:
-        m = pattern.match(name)
-        if m:
-            return layer(m, starts)
-    return sum(depths) + 1
-
-
-def swins(model: nn.Module) -> list[tuple[str, SwinTransformer]]:
-    """(prefix, module) of each outermost Swin inside `model` ("" for the model itself, "backbone." for a
-    segmentation model's, "encoder." for a Swin-UNet's)."""
-    found: list[tuple[str, SwinTransformer]] = []
+def layered(model: nn.Module) -> list[tuple[str, dict[str, int], int]]:
+    """(prefix, {name: layer id}, top id) of each outermost submodule of `model` that gives layer ids for layer-wise
+    lr decay (its `layer_ids()`, as timm's group_matcher): "" for the model itself, "backbone." for a segmentation
+    model's Swin, "encoder." for a Swin-UNet's."""
+    found: list[tuple[str, dict[str, int], int]] = []
     for name, m in model.named_modules():
-        if isinstance(m, SwinTransformer) and not any((name + ".").startswith(p) for p, _ in found):
-            found.append((name + "." if name else "", m))
+        if callable(getattr(m, "layer_ids", None)) and not any((name + ".").startswith(p) for p, _, _ in found):
+            found.append((name + "." if name else "", *m.layer_ids()))
     return found
 
 
@@ -158,19 +137,18 @@ def no_weight_decay(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
                  backbone_lr_scale: float = 1.0) -> list[dict]:
-    """AdamW groups: weight decay except on `no_weight_decay(model)`; lr scaled by layer_decay ** (top - layer),
-    the layer found relative to the Swin that holds the parameter (parameters outside any Swin are top), and by
-    backbone_lr_scale inside a Swin but outside its classifier head."""
-    backbones = swins(model)
-    top = max((sum(s.cfg.depths) + 1 for _, s in backbones), default=0)
+    """AdamW groups: weight decay except on `no_weight_decay(model)`; lr scaled by layer_decay ** (top - layer), the
+    layer given by the submodule that holds the parameter (`layered`; parameters outside any are top), and by
+    backbone_lr_scale on the parameters such a submodule numbers (a Swin's, not its classifier head)."""
+    backbones = layered(model)
+    top = max((t for _, _, t in backbones), default=0)
     skip_decay, groups = no_weight_decay(model), {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        pre = next((pre for pre, _ in backbones if name.startswith(pre)), None)
-        swin = dict(backbones).get(pre)
-        layer = top if swin is None else layer_id(name[len(pre):], swin.cfg.depths)
-        in_backbone = swin is not None and not name[len(pre):].startswith("head.")
+        pre, ids = next(((pre, ids) for pre, ids, _ in backbones if name.startswith(pre)), ("", {}))
+        rel = name[len(pre):]
+        layer, in_backbone = ids.get(rel, top), rel in ids  # a classifier head is not in its Swin's ids
         scale = layer_decay ** (top - layer) * (backbone_lr_scale if in_backbone else 1.0)
         skip = name in skip_decay
         group = groups.setdefault((scale, skip), {"params": [], "lr": lr * scale, "lr_scale": scale,
@@ -358,7 +336,8 @@ class Trainer:
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.world,))
-            for blk in (m for m in model.modules() if isinstance(m, SwinBlock)):
+            blocks = tuple({t for m in model.modules() for t in getattr(m, "block_types", ())})  # the model's own
+            for blk in (m for m in model.modules() if blocks and isinstance(m, blocks)):
                 fully_shard(blk, mesh=mesh)
             return fully_shard(model, mesh=mesh)
         ids = [self.device.index] if self.device.type == "cuda" else None

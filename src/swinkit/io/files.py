@@ -227,3 +227,49 @@ def plan_outputs(inputs: Iterable[str | Path], folder: str | Path, names: tuple[
         plan.append(tuple(Path(folder) / n.format(stem=stem) for n in names))
     check_outputs([p for outs in plan for p in outs], inputs, overwrite)
     return plan
+
+
+# ----------------------------------------------------------------------------------------------------------
+# safetensors: swinkit's own checkpoint files, and other formats' tensors
+
+
+def plain(sd: dict) -> dict:
+    """Detached, contiguous CPU copies of a state dict's tensors (what safetensors and torch.save should get)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+
+
+def write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> None:
+    """`sd` as a .safetensors file at `path`, atomically, with string `metadata`."""
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(plain(sd), str(tmp), metadata={"format": "pt", **(metadata or {})}))
+
+
+def save_state_dict(sd: dict, cfg, path, class_names: list[str] | None = None, meta: dict | None = None) -> None:
+    """swinkit checkpoint of a model whose config is `cfg` (any swinkit config dataclass): `path` (.safetensors, config in its metadata) and `<stem>.json` (config) beside it.
+    `meta`: a training checkpoint's task meta (task_meta), kept in the metadata as "swinkit_task" so that eval and
+    predict use the file as they use the run (same preprocessing, class names, task)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"swinkit checkpoints are .safetensors files; got {path.name!r} "
+                         f"(use {path.with_suffix('.safetensors').name!r})")
+    meta = {"swinkit_config": cfg.to_json(), "class_names": json.dumps(class_names),
+            **({"swinkit_task": dumps(meta)} if meta else {})}
+    write_safetensors(sd, path, meta)
+    write_json(path.with_suffix(".json"), {**cfg.to_dict(), **({"class_names": class_names} if class_names else {})})
+
+
+def write_converted(out: dict, path: Path, hf_config: dict | None, wrap) -> Path:
+    """Another format's tensors to disk, atomically: with `hf_config` a directory (model.safetensors +
+    config.json); else .pth/.pt/.bin (torch.save of wrap(tensors)) or safetensors."""
+    if hf_config is not None:
+        write_safetensors(out, path / "model.safetensors")
+        write_json(path / "config.json", hf_config)
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        import torch
+
+        obj = wrap(plain(out))
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    else:
+        write_safetensors(out, path)
+    return path

@@ -1,5 +1,5 @@
-"""Swin V1/V2 as a dense-prediction backbone: the stages of SwinTransformer without its classifier, returning NCHW
-maps of the chosen stages, each through its own LayerNorm (norm0..norm3, as the official detection and
+"""Swin V1/V2 as a dense-prediction backbone: the Swin trunk (stem and stages, no classifier) read through its
+forward_intermediates, each chosen stage through its own LayerNorm (norm0..norm3, as the official detection and
 segmentation code and mmseg do). The window behaviour comes from cfg.window_mode; create_backbone picks "pad",
 the dense codebases' behaviour."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..config import SwinConfig
-from .swin import SwinTransformer
+from .swin import SwinTrunk
 
 
 def _check_out_indices(out_indices: Sequence[int], n: int) -> tuple[int, ...]:
@@ -23,7 +23,7 @@ def _check_out_indices(out_indices: Sequence[int], n: int) -> tuple[int, ...]:
     return tuple(i % n for i in idx)
 
 
-class SwinBackbone(SwinTransformer):
+class SwinBackbone(SwinTrunk):
     """Input (B, in_chans, H, W) of any H, W >= patch_size -> a list of (B, out_channels[k], H_i, W_i) maps, one per
     entry of out_indices, at strides patch_size * 2**i (sizes rounded up), each through its own LayerNorm unless
     out_norms=False (transformers' Swinv2Backbone has none).
@@ -41,7 +41,7 @@ class SwinBackbone(SwinTransformer):
             raise ValueError(f"frozen_stages must be an int in [-1, {n}] (-1: nothing frozen, 0: the patch "
                              f"embedding, k: also stages 0..k-1), got {frozen_stages!r}")
         super().__init__(dataclasses.replace(cfg, num_classes=0))
-        del self.norm, self.head  # the classifier's final norm and head; each output gets its own norm instead
+        self._init_trunk()
         self.out_indices, self.frozen_stages = out_indices, frozen_stages
         self.out_channels = [cfg.embed_dim * 2**i for i in out_indices]
         for i, c in zip(out_indices, self.out_channels):
@@ -72,17 +72,15 @@ class SwinBackbone(SwinTransformer):
             m.eval()
         return self
 
-    def _no_classifier(self, *args, **kwargs):
-        raise TypeError("SwinBackbone has no classifier: call it for its feature maps, or build a classifier with "
-                        "swinkit.create_model")
-
-    forward_features = forward_head = reset_classifier = _no_classifier
+    def forward_features(self, x: torch.Tensor):
+        """A classifier's method that timm users may reach for: say what to call instead."""
+        raise TypeError("SwinBackbone has no classifier: call it for its feature maps (or forward_intermediates), "
+                        "or build a classifier with swinkit.create_model")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> [(B, out_channels[k], H_i, W_i) normalised map of stage out_indices[k]]."""
-        x, outs = self.embed(x), {}
-        for i, layer in enumerate(self.layers[:max(self.out_indices) + 1]):
-            x = layer(x)  # (B, H_i, W_i, C_i)
-            if i in self.out_indices:
-                outs[i] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous()  # (B, C_i, H_i, W_i)
+        taken = sorted(self.out_indices)
+        maps = self.forward_intermediates(x, taken, stop_early=True, output_fmt="NHWC", intermediates_only=True)
+        outs = {i: getattr(self, f"norm{i}")(m).permute(0, 3, 1, 2).contiguous()  # (B, C_i, H_i, W_i)
+                for i, m in zip(taken, maps)}
         return [outs[i] for i in self.out_indices]

@@ -4,6 +4,8 @@ map seen at run time, and padded tokens are masked out as attention keys."""
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -11,6 +13,54 @@ import torch.nn.functional as F
 
 from ..config import INFERENCE_PATHS, SwinConfig
 from ..nn.blocks import PatchEmbed, PatchMerging, SwinBlock, run_blocks
+
+# Layer ids of a Swin's parameters for layer-wise lr decay (timm's group_matcher order): 0 for the patch embedding,
+# 1 + block index for blocks, patch merging with the block before it; everything else (final norm, per-stage output
+# norms) is the top layer, sum(depths) + 1.
+SWIN_LAYERS = [
+    (re.compile(r"^(patch_embed|absolute_pos_embed)\b"), lambda m, starts: 0),
+    (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\."), lambda m, starts: starts[int(m[1])] + int(m[2]) + 1),
+    (re.compile(r"^layers\.(\d+)\.downsample\."), lambda m, starts: starts[int(m[1])]),
+]
+
+
+def layer_id(name: str, depths: tuple[int, ...]) -> int:
+    """Depth of the parameter `name` (relative to its Swin) for layer-wise lr decay; see SWIN_LAYERS."""
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    for pattern, layer in SWIN_LAYERS:
+        m = pattern.match(name)
+        if m:
+            return layer(m, starts)
+    return sum(depths) + 1
+
+
+def feature_take_indices(n: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """timm's rule for which of `n` stages to take: None all, an int the last that many, a sequence those indices
+    (negative ones from the end); returns (absolute indices, the largest). ValueError names a bad index."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"take the last 1 to {n} stages, got indices={indices}")
+        take = list(range(n - indices, n))
+    else:
+        take = [i + n if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < n for i in take):
+            raise ValueError(f"stage indices must be in [0, {n}) (or negative from the end), got {list(indices)}")
+    return take, max(take)
+
+
+class FeatureInfo(list):
+    """timm's feature_info: one dict per stage (num_chs, reduction, module), with its accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+    def module_name(self) -> list[str]:
+        return [f["module"] for f in self]
 
 class SwinStage(nn.Module):
     """Optional patch merging (every stage but the first) followed by `depth` blocks alternating W-MSA and
@@ -56,6 +106,8 @@ class SwinLayers:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    block_types = (SwinBlock,)  # the model's blocks: the units FSDP shards one by one (the loop asks, see train.py)
+
     def blocks(self) -> list[SwinBlock]:
         return [blk for layer in self.layers for blk in layer.blocks]
 
@@ -78,13 +130,14 @@ class SwinLayers:
             layer.grad_checkpointing = enable
 
 
-class SwinTransformer(SwinLayers, nn.Module):
-    """Swin Transformer V1/V2 classifier and backbone. Input (B, in_chans, H, W) of any H, W >= patch_size."""
+class SwinTrunk(SwinLayers, nn.Module):
+    """The Swin V1/V2 stem and stages, with timm's feature interface: what a classifier (SwinTransformer) and a
+    dense-prediction backbone (SwinBackbone) share. Input (B, in_chans, H, W) of any H, W >= patch_size."""
 
     def __init__(self, cfg: SwinConfig):
         super().__init__()
         self.cfg = cfg
-        self.num_classes, self.num_features = cfg.num_classes, cfg.num_features
+        self.num_features = cfg.num_features
         self.patch_embed = PatchEmbed(cfg)
         if cfg.pos_embed in ("absolute", "absolute+relative"):
             grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
@@ -98,10 +151,12 @@ class SwinTransformer(SwinLayers, nn.Module):
         starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
         self.layers = nn.ModuleList(
             SwinStage(cfg, i, rates[s:s + d]) for i, (s, d) in enumerate(zip(starts, cfg.depths)))
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+
+    def _init_trunk(self) -> None:
+        """The official initialisation of everything built so far; V2's res-post-norms start as identity
+        residuals."""
         self.apply(self._init_weights)
-        if cfg.version == 2:  # res-post-norm starts as identity residuals
+        if self.cfg.version == 2:
             for blk in self.blocks():
                 for norm in (blk.norm1, blk.norm2):
                     nn.init.zeros_(norm.weight)
@@ -110,11 +165,18 @@ class SwinTransformer(SwinLayers, nn.Module):
     def extra_repr(self) -> str:
         return f"window_mode={self.cfg.window_mode!r}, inference_path={self.cfg.inference_path!r}"
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        device = self.norm.weight.device
-        self.head.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
-        self.head.fc.apply(self._init_weights)
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """timm's feature_info of the stages: channels, reduction (stride in pixels) and module name."""
+        return FeatureInfo(dict(num_chs=self.cfg.embed_dim * 2**i, reduction=self.cfg.patch_size * 2**i,
+                                module=f"layers.{i}") for i in range(len(self.layers)))
+
+    def layer_ids(self) -> tuple[dict[str, int], int]:
+        """({parameter name: layer id} of the backbone's parameters (the classifier head is not the backbone's),
+        the top id) for layer-wise lr decay; see SWIN_LAYERS. The training loop finds this on any submodule."""
+        depths = tuple(self.cfg.depths)
+        return ({n: layer_id(n, depths) for n, _ in self.named_parameters() if not n.startswith("head.")},
+                sum(depths) + 1)
 
     def _check_input(self, x: torch.Tensor) -> None:
         c, p = self.cfg.in_chans, self.cfg.patch_size
@@ -145,6 +207,75 @@ class SwinTransformer(SwinLayers, nn.Module):
             x = x + pos.permute(0, 2, 3, 1)
         return self.pos_drop(x)
 
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm after the last stage (a classifier's; a trunk has none)."""
+        return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's feature interface. Stage outputs `indices` (None: all; an int: the last n; a sequence: those,
+        negative from the end), in stage order, as NCHW (NCTHW for video) or NHWC maps; `norm` passes the last
+        stage's through the final norm; `stop_early` runs no stage after the last one taken. Returns the list with
+        `intermediates_only`, else (final features: normalised last stage, NHWC; the list)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.layers), indices)
+        x, out = self.embed(x), []
+        n = len(self.layers)
+        for i, stage in enumerate(self.layers[:last + 1] if stop_early else self.layers):
+            x = stage(x)  # (B, H_i, W_i, C_i), (B, T_i, H_i, W_i, C_i) for video
+            if i in take:
+                y = self.final_norm(x) if norm and i == n - 1 else x
+                out.append(y.movedim(-1, 1).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return out
+        return (self.final_norm(x) if i == n - 1 else x), out
+
+    def forward_pyramid(self, x: torch.Tensor, out_indices=(0, 1, 2, 3)) -> list[torch.Tensor]:
+        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (for the default patch size), in the order asked."""
+        n = len(self.layers)
+        if any(not -n <= i < n for i in out_indices):
+            raise ValueError(f"out_indices must be stage indices in [0, {n}), got {tuple(out_indices)}")
+        take, _ = feature_take_indices(n, list(out_indices))
+        maps = dict(zip(sorted(set(take)), self.forward_intermediates(x, sorted(set(take)), stop_early=True,
+                                                                      intermediates_only=True)))
+        return [maps[i] for i in take]
+
+
+class SwinTransformer(SwinTrunk):
+    """Swin Transformer V1/V2 classifier. Input (B, in_chans, H, W) of any H, W >= patch_size."""
+
+    def __init__(self, cfg: SwinConfig):
+        super().__init__(cfg)
+        self.num_classes = cfg.num_classes
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self._init_trunk()
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        device = self.patch_embed.proj.weight.device
+        self.head.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        self.head.fc.apply(self._init_weights)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's: drop the stages after the last of `indices` (the final norm and the head go with them), the
+        final norm with `prune_norm`, the head with `prune_head`; returns the absolute indices to take."""
+        take, last = feature_take_indices(len(self.layers), indices)
+        prune_end = last < len(self.layers) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.layers = self.layers[:last + 1]
+        if prune_end:
+            self.num_features = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0)
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, H/32, W/32, 8C) normalised last-stage map (sizes rounded up)."""
         x = self.embed(x)
@@ -152,22 +283,24 @@ class SwinTransformer(SwinLayers, nn.Module):
             x = layer(x)
         return self.norm(x)
 
-    def forward_pyramid(self, x: torch.Tensor, out_indices=(0, 1, 2, 3)) -> list[torch.Tensor]:
-        """Stage outputs as NCHW maps at strides 4, 8, 16, 32 (for the default patch size)."""
-        n = len(self.layers)
-        if any(not -n <= i < n for i in out_indices):
-            raise ValueError(f"out_indices must be stage indices in [0, {n}), got {tuple(out_indices)}")
-        wanted = {i % n for i in out_indices}
-        x, outs = self.embed(x), {}
-        for i, layer in enumerate(self.layers[:max(wanted) + 1]):
-            x = layer(x)
-            if i in wanted:
-                outs[i] = x.movedim(-1, 1).contiguous()  # NCHW (NCTHW for video)
-        return [outs[i % n] for i in out_indices]
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_classes) logits."""
         return self.forward_head(self.forward_features(x))
+
+
+class SwinFeatures(nn.Module):
+    """timm's `features_only` model: the stage maps `out_indices` of a Swin as a list of NCHW tensors (stages after
+    the last one, the final norm and the head pruned). `feature_info` describes them."""
+
+    def __init__(self, model: SwinTransformer, out_indices: int | Sequence[int] = (0, 1, 2, 3), norm: bool = False):
+        super().__init__()
+        self.out_indices = model.prune_intermediate_layers(out_indices, prune_norm=not norm, prune_head=True)
+        self.model, self.norm = model, norm
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, self.out_indices, norm=self.norm, stop_early=True,
+                                                intermediates_only=True)

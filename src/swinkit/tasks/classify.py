@@ -366,14 +366,14 @@ class ClassifyTask(Task):
 
     @classmethod
     def load(cls, path: Path, ck: dict | None) -> Loaded:
-        """A swinkit checkpoint, or any file `swinkit.io.checkpoint.load_model` reads (class names then come from
+        """A swinkit checkpoint, or any file `swinkit.load_model` reads (class names then come from
         the checkpoint when it has them, else "0".."C-1")."""
         if ck is not None:
             model = cls.model_from_config(ck["config"])
             model.load_state_dict(ck["model"])
             names, data_cfg = ck.get("class_names"), ck.get("data", {})
         else:
-            from ..io.checkpoint import load_model
+            from ..io.load import load_model
 
             model = load_model(path)
             names, data_cfg = getattr(model, "class_names", None), {}

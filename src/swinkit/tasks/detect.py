@@ -29,7 +29,7 @@ from ..config import DET_VARIANTS, DetectionConfig
 from ..data import load_image
 from ..factory import create_detector
 from ..io.files import atomic_write, dumps, plan_outputs, write_json
-from ..io.detection import is_detection_state_dict, load_detector
+from ..io.formats.detection import is_detection_state_dict, load_detector
 from ..models.detection import SwinDetector, build_detector
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
 from .detect_data import collate, eval_transform, has_split, open_detection_data, train_transform
@@ -276,12 +276,11 @@ class DetectTask(Task):
 
     @classmethod
     def load(cls, path: Path, ck: dict | None) -> Loaded:
-        """A swinkit detection checkpoint, or any detection file swinkit.io.detection reads (mmdetection,
+        """A swinkit detection checkpoint, or any detection file swinkit.io.formats.detection reads (mmdetection,
         the official Swin detection repo: heads start fresh, so evaluate those after fine-tuning)."""
         if ck is not None:
             loaded = super().load(path, ck)
         else:
-            from ..io.detection import load_detector
 
             model = load_detector(path)
             names = getattr(model, "class_names", None)
@@ -368,7 +367,7 @@ class DetectTask(Task):
 
 def _is_detector(path: Path) -> bool:
     """Whether --pretrained names a whole detector (swinkit, mmdetection, official), not a backbone."""
-    from ..io.checkpoint import read_raw
+    from ..io.raw import read_raw
 
     return is_detection_state_dict(read_raw(path).state_dict)
 

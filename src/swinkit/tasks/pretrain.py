@@ -224,7 +224,7 @@ def from_hf_simmim(sd: dict, strict: bool = True) -> dict:
     """A transformers SwinForMaskedImageModeling state dict -> swinkit SimMIM's: `swin.embeddings.mask_token`
     (1, 1, D) -> `mask_token` (1, 1, 1, D), `decoder.0.*` stays, the rest (`swin.*`, SwinModel keys) goes
     through swinkit's "hf" encoder key map under `encoder.`."""
-    from ..io.convert import to_swinkit
+    from ..io.formats.swin import to_swinkit
 
     sd = dict(sd)
     token = sd.pop("swin.embeddings.mask_token", None)

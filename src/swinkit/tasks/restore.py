@@ -801,7 +801,7 @@ def load_restoration_model(path: str | Path) -> tuple[nn.Module, dict]:
         model = RestoreTask.model_from_config(ck["config"])
         model.load_state_dict(ck["model"])
         return model.eval(), dict(ck["restoration"])
-    from ..io.checkpoint import load_model
+    from ..io.load import load_model
 
     model = load_model(path)
     if not isinstance(model, SwinIR):

@@ -802,7 +802,7 @@ class SegmentTask(Task):
         if ck is not None:
             loaded = super().load(path, ck)
         else:
-            from ..io.checkpoint import load_model
+            from ..io.load import load_model
 
             model = load_model(path)
             if not isinstance(model, (SegmentationModel, SwinUNet)):

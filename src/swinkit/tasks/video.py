@@ -628,6 +628,22 @@ class VideoTask(Task):
     def checkpoint_meta(self) -> dict:
         return {"class_names": self.classes, "data": self.data_cfg}
 
+    @classmethod
+    def load(cls, path: Path, ck: dict | None) -> Loaded:
+        """A swinkit video checkpoint, or any Video Swin file load_model reads (official / mmaction2, torchvision):
+        its classes then "0".."C-1", clips sampled as the official recognizers test them (frames of its clip size,
+        stride 2, 4 clips x 3 crops)."""
+        if ck is not None:
+            return super().load(path, ck)
+        from ..io.load import load_model
+
+        model = load_model(path)
+        t, h, _ = model.cfg.clip_size
+        names = getattr(model, "class_names", None) or [str(i) for i in range(model.num_classes)]
+        data = {"frames": t, "frame_stride": 2, "img_size": h, "crop_pct": 0.875, "test_clips": 4, "test_crops": 3,
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": str(path)}
+        return Loaded(cls, model.eval(), {"class_names": list(names), "data": data}, path)
+
     def summary_extra(self) -> dict:
         datasets = (self.train_ds, self.val_ds)
         return {"skipped_clips": sum(len(getattr(d, "skipped", ())) for d in datasets),

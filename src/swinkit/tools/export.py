@@ -243,25 +243,17 @@ DETECTION_UNSUPPORTED = (
 
 
 def family(model) -> tuple[str, str]:
-    """(task, layout) of a model: classify / segment / restore / video; ExportError for detectors and others."""
-    from ..models.segmentation import SegmentationModel
-    from ..models.swin import SwinTransformer
-    from ..models.swinir import SwinIR
-    from ..models.unet import SwinUNet
-    from ..models.video import VideoSwinTransformer
+    """(task, layout) of a model's exports, from its family (swinkit.families): classify / segment / restore /
+    video; ExportError for detectors and others."""
+    from ..families import FAMILIES, family_of_model
 
-    if isinstance(model, VideoSwinTransformer):
-        return "video", "NCTHW"
-    if isinstance(model, SwinTransformer):
-        return "classify", "NCHW"
-    if isinstance(model, (SegmentationModel, SwinUNet)):
-        return "segment", "NCHW"
-    if isinstance(model, SwinIR):
-        return "restore", "NCHW"
-    if type(model).__module__.startswith("torchvision.models.detection"):
+    fam = family_of_model(model)
+    if fam is not None and fam.export is not None:
+        return fam.export
+    if fam is not None or type(model).__module__.startswith("torchvision.models.detection"):
         raise ExportError(DETECTION_UNSUPPORTED.format(name=type(model).__name__))
-    raise ExportError(f"cannot export a {type(model).__name__}: expected a SwinTransformer, SegmentationModel, "
-                      "SwinUNet, SwinIR or VideoSwinTransformer")
+    classes = ", ".join(c.__name__ for f in FAMILIES if f.export for c in f.models())
+    raise ExportError(f"cannot export a {type(model).__name__}: expected a model of a swinkit family ({classes})")
 
 
 def _in_chans(model) -> int:
@@ -641,21 +633,15 @@ def load_for_export(checkpoint: str | None = None, name: str | None = None):
 
         loaded = load_trained(checkpoint)
         return loaded.model, loaded.meta
-    from .. import factory
-    from ..config import DET_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, VARIANTS, VIDEO_VARIANTS, ALIASES
+    from ..families import family_of_variant
 
-    if name in VARIANTS or name in ALIASES:
-        return factory.create_model(name), {}
-    if name in SEG_VARIANTS:
-        return factory.create_segmentation_model(name), {}
-    if name in VIDEO_VARIANTS:
-        return factory.create_video_model(name), {}
-    if name in SWINIR_VARIANTS:
-        return factory.create_restoration_model(name), {}
-    if name in DET_VARIANTS:
+    fam = family_of_variant(name)
+    if fam is None:
+        raise ExportError(f"unknown model {name!r}: expected a variant of any family (swinkit models lists them), "
+                          "or --checkpoint")
+    if fam.export is None:
         raise ExportError(DETECTION_UNSUPPORTED.format(name=f"detector ({name})"))
-    raise ExportError(f"unknown model {name!r}: expected a variant of swinkit.list_models(), "
-                      "list_segmentation_models(), list_video_models() or list_restoration_models(), or --checkpoint")
+    return fam.create(name), {}
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

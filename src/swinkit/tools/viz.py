@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..io.files import atomic_write
 from ..config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
-from .measure import count_macs, count_params
+from ..counting import count_macs, count_params
 from ..factory import create_model
 from ..models.swin import SwinTransformer
 from ..models.video import VideoSwinTransformer
@@ -914,9 +914,9 @@ def load_for_viz(checkpoint: str | None, name: str, **overrides) -> tuple[SwinTr
     """(model in eval mode, title label): the checkpoint when given, else a seeded random `name`."""
     if checkpoint:
         try:
-            from ..io.checkpoint import load_model
+            from ..io.load import load_model
         except ImportError as e:
-            raise ValueError(f"--checkpoint needs swinkit.io.checkpoint, which is not available ({e}); leave "
+            raise ValueError(f"--checkpoint needs swinkit.io.load, which is not available ({e}); leave "
                              "--checkpoint out to draw a randomly initialised --model") from e
         model = load_model(checkpoint)
         return model.eval(), f"{model.cfg.name} from {Path(checkpoint).name}"
@@ -1050,7 +1050,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                                                          "video ones), used when no --checkpoint is given (default: "
                                                          "%(default)s)")
         if name in ("bias", "attention", "receptive-field"):
-            p.add_argument("--checkpoint", help="trained weights (swinkit.io.checkpoint.load_model); without it a "
+            p.add_argument("--checkpoint", help="trained weights (swinkit.load_model); without it a "
                                                 "randomly initialised --model is drawn and the title says so")
         if name in ("windows", "attention", "receptive-field"):
             p.add_argument("--image", help="image file (default: scikit-image's astronaut photograph)")

@@ -3,7 +3,7 @@
 the weights imply; transformers' Swin2SRConfig both ways.
 
 The key maps use the templates of io/convert.py (`{i}` RSTB, `{j}` block, `{p}` weight|bias, `{2k}` an even index),
-applied by its one `_apply`. transformers names the reconstruction head after the upsampler, so its map has one
+applied by its one `apply_key_map`. transformers names the reconstruction head after the upsampler, so its map has one
 head table per upsampler (and for the x3 pixel shuffle, whose one conv has no index).
 
 What the weights do not say: the official files keep `attn_mask` buffers only at the training size (img_size, read
@@ -13,16 +13,24 @@ upscale 1 with window 7 (JPEG's 8x8 blocks), so the rule is: upsampler none + wi
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from ..config import SWINIR_VARIANTS, SwinIRConfig
-from ..nn.windows import attention_mask, relative_position_index
-from .convert import B, BUFFERS, Layout, _apply, _listing, _rules
+from ...config import SWINIR_VARIANTS, SwinIRConfig
+from ...models.swinir import SwinIR
+from ...nn.windows import attention_mask, relative_position_index
+from ..files import CheckpointError, save_state_dict, write_converted
+from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..hub import download_pretrained
+from ..raw import RawCheckpoint, read_raw
+from .swin import B, BUFFERS, Checkpoint, check_architecture, check_overrides, check_shapes
 
 _HEAD = ["conv_before_upsample.0.{p}", "upsample.{2k}.{p}", "conv_up1.{p}", "conv_up2.{p}", "conv_hr.{p}",
          "conv_last.{p}"]
@@ -75,11 +83,11 @@ _LAYOUTS = {"swinkit": {}, "official": {B: "layers.{i}.residual_group.blocks.{j}
 def _format_rules(fmt: str, head: str | None = None) -> list:
     """The rules of format `fmt` (for "hf": with transformers' `head`)."""
     if fmt != "hf":
-        return _rules(Layout((1, 2), _LAYOUTS[fmt]), 1, SWINIR_TEMPLATES)
+        return expand_rules(Layout((1, 2), _LAYOUTS[fmt]), SWINIR_TEMPLATES)
     templates = SWINIR_TEMPLATES
     if head in ("pixelshuffle_x3", "pixelshuffledirect"):  # one upsample conv, index 0
         templates = [t.replace("{2k}", "0") if t.startswith("upsample.") else t for t in templates]
-    return _rules(Layout((2,), {**_HF_BODY, **HF_HEADS[head]}), 2, templates)
+    return expand_rules(Layout((2,), {**_HF_BODY, **HF_HEADS[head]}), templates)
 
 
 def _candidates():
@@ -110,7 +118,7 @@ class SwinIRImported:
 
 
 def _import(sd: dict, fmt: str, head: str | None) -> SwinIRImported:
-    ours, left = _apply(sd, _format_rules(fmt, head), "theirs", {"P": ("",)}, {"P": ("",)})
+    ours, left = apply_key_map(sd, _format_rules(fmt, head), "theirs", {"P": ("",)}, {"P": ("",)})
     buffers = {k: ours.pop(k) for k in list(ours) if k.rsplit(".", 1)[-1] in BUFFERS}
     return SwinIRImported(fmt, ours, buffers, sorted(left))
 
@@ -120,14 +128,14 @@ def swinir_to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> 
     keys. Keys no map explains are an error listing them, or with strict=False a warning."""
     if not is_swinir_state_dict(sd):
         raise ValueError("not a SwinIR / Swin2SR state dict: expected conv_first.weight (official, swinkit) or "
-                         f"swin2sr.first_convolution.weight (transformers); its first keys are: {_listing(list(sd)[:5])}")
+                         f"swin2sr.first_convolution.weight (transformers); its first keys are: {listing(list(sd)[:5])}")
     if src is not None and src not in FORMATS:
         raise ValueError(f"unknown SwinIR format {src!r}; choose one of {', '.join(FORMATS)}")
     tried = [_import(sd, f, h) for f, h in _candidates() if src in (None, f)]
     imp = min(tried, key=lambda i: len(i.unknown))  # ties go to the first (swinkit before official)
     if imp.unknown:
         msg = f"{len(imp.unknown)} keys of this {imp.format} SwinIR checkpoint have no place in swinkit: " \
-              f"{_listing(imp.unknown)}"
+              f"{listing(imp.unknown)}"
         if strict:
             raise ValueError(msg + ". Is it a SwinIR / Swin2SR checkpoint of that format? To skip them, load with "
                                    "strict=False.")
@@ -159,9 +167,9 @@ def swinir_from_swinkit(sd: dict, dst: str, cfg: SwinIRConfig) -> dict:
                 sd[m[1] + "attn.relative_position_index"] = relative_position_index(w, w, cpu).clone()
                 if int(m[2]) % 2:
                     sd[m[1] + "attn_mask"] = mask.clone()
-    out, left = _apply(sd, _format_rules(dst, hf_head(cfg)), "ours", {"P": ("",)}, {"P": ("",)})
+    out, left = apply_key_map(sd, _format_rules(dst, hf_head(cfg)), "ours", {"P": ("",)}, {"P": ("",)})
     if left:
-        raise ValueError(f"{len(left)} SwinIR tensors have no equivalent in the {dst} format: {_listing(sorted(left))}")
+        raise ValueError(f"{len(left)} SwinIR tensors have no equivalent in the {dst} format: {listing(sorted(left))}")
     return out
 
 
@@ -194,7 +202,7 @@ def _head(sd: dict, in_chans: int) -> dict:
 def match_swinir_variant(cfg: SwinIRConfig, file_name: str | None = None) -> str | None:
     """The named variant this config is: the one whose official file is `file_name`, else the only variant with
     its architecture and training size (denoising and JPEG variants differ only in their weights: None)."""
-    from ..config import SWINIR_IDENTITY_FIELDS
+    from ...config import SWINIR_IDENTITY_FIELDS
 
     if file_name and (name := next((n for n, v in SWINIR_VARIANTS.items() if v["file"] == file_name), None)):
         return name
@@ -289,3 +297,119 @@ def convert_swinir_state_dict(sd: dict, src: str | None = None, dst: str = "swin
     if cfg is None:
         cfg, _ = infer_swinir_config(imp.state_dict, imp.buffers)
     return swinir_from_swinkit(imp.state_dict, dst, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# restoration checkpoints (SwinIR / Swin2SR)
+
+
+# what a restoration checkpoint's tensors fix (V2 computes its position bias from the window, so the window may change)
+RESTORATION_ARCHITECTURE = ("version", "upscale", "in_chans", "embed_dim", "depths", "num_heads", "mlp_ratio",
+                            "qkv_bias", "upsampler", "resi_connection", "num_feat")
+
+
+def _restoration_side_info(raw: RawCheckpoint) -> tuple[dict, bool]:
+    """(known SwinIRConfig fields, written by swinkit) from a training checkpoint's config, the safetensors metadata,
+    a swinkit JSON or transformers' config.json beside the weights."""
+    obj, meta = raw.obj, raw.meta
+    if isinstance(obj, dict) and SwinIRConfig.is_restoration_dict(obj.get("config")):
+        return obj["config"], True
+    if "swinkit_config" in meta and SwinIRConfig.is_restoration_dict(c := json.loads(meta["swinkit_config"])):
+        return c, True
+    for side in (raw.weights.with_suffix(".json"), raw.weights.parent / "config.json"):
+        try:
+            c = json.loads(side.read_text()) if side.exists() and side != raw.weights else None
+        except (OSError, json.JSONDecodeError):
+            continue
+        if SwinIRConfig.is_restoration_dict(c):
+            return c, True
+        if isinstance(c, dict) and c.get("model_type") == "swin2sr":
+            return swinir_fields_from_hf(c), False
+    return {}, False
+
+
+def read_restoration_checkpoint(path, use_ema: bool = False, strict: bool = True,
+                                raw: RawCheckpoint | None = None) -> Checkpoint:
+    """Read a SwinIR / Swin2SR checkpoint (official, transformers, swinkit) into swinkit's layout, with its config
+    from the file's side information where there is one, else inferred from the weights."""
+    raw = raw or read_raw(path, use_ema)
+    try:
+        known, ours = _restoration_side_info(raw)
+        imp = swinir_to_swinkit(raw.state_dict, strict=strict)
+        cfg, guessed = infer_swinir_config(imp.state_dict, imp.buffers, known, raw.weights.name)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
+    return Checkpoint(raw.path, "swinkit" if ours else imp.format, imp.state_dict, cfg, guessed, None,
+                      imp.unknown, [])
+
+
+def _restoration_target_config(src: SwinIRConfig, overrides: dict, base: SwinIRConfig | None = None) -> SwinIRConfig:
+    """The restoration model to build: `base` (a named variant) or the checkpoint's config, with `overrides`; the
+    fields the tensors fix must stay the checkpoint's."""
+    overrides = check_overrides(overrides, SwinIRConfig)
+    cfg = SwinIRConfig.from_dict({**(base or src).to_dict(), **overrides})
+    fixed = RESTORATION_ARCHITECTURE + (("window_size",) if src.version == 1 else ())
+    check_architecture(src, cfg, fixed, "restoration", named=base is not None)
+    return cfg
+
+
+def build_restoration_model(ckpt: Checkpoint, strict: bool = True, base: SwinIRConfig | None = None,
+                            **overrides) -> SwinIR:
+    """A SwinIR holding the checkpoint's weights, in eval mode."""
+    cfg = _restoration_target_config(ckpt.config, overrides, base)
+    if "window_size" in ckpt.guessed and "window_size" not in overrides and base is None:
+        warnings.warn(f"{ckpt.describe()} does not record its window size (Swin2SR stores no position table); "
+                      f"assuming {cfg.window_size}. Pass window_size=... if it was trained with another.", stacklevel=3)
+    with torch.device("meta"):
+        model = SwinIR(cfg)
+    own, sd = model.state_dict(), ckpt.state_dict
+    check_shapes(ckpt, sd, own)
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    if missing or unexpected:
+        msg = f"{ckpt.describe()}: missing keys {missing[:12]}, unexpected keys {unexpected[:12]}"
+        if strict:
+            raise CheckpointError(msg + " (load with strict=False to accept this)")
+        warnings.warn(msg, stacklevel=3)
+        model = SwinIR(cfg)
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    else:
+        model.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()}, assign=True)
+        model.mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)  # a buffer the state dict does not hold
+    return model.eval()
+
+
+def load_restoration_into_named(name: str, checkpoint=None, pretrained: bool | str = False,
+                                **overrides) -> SwinIR:
+    """create_restoration_model(name, checkpoint=... | pretrained=True): the named variant with a checkpoint's
+    weights (the official SwinIR release file for pretrained=True, or the URL given as pretrained='https://...').
+    The real-world variants take the file's EMA weights (params_ema) where it has them, as the official test does."""
+    strict = overrides.pop("strict", True)
+    use_ema = overrides.pop("use_ema", None)
+    base = SwinIRConfig.from_name(name, **overrides)
+    if checkpoint is None:
+        checkpoint = download_pretrained(name, pretrained if isinstance(pretrained, str) else None)
+    raw = read_raw(checkpoint)
+    if use_ema is None:
+        use_ema = name.startswith("swinir_real") and isinstance(raw.obj, dict) and "params_ema" in raw.obj
+    if use_ema:
+        raw = read_raw(checkpoint, use_ema=True)
+    if not is_swinir_state_dict(raw.state_dict):
+        raise CheckpointError(f"{checkpoint} is not a SwinIR / Swin2SR checkpoint (no conv_first.weight or "
+                              f"swin2sr.first_convolution.weight); {name} needs one")
+    ckpt = read_restoration_checkpoint(checkpoint, strict=strict, raw=raw)
+    if "window_size" in ckpt.guessed:  # Swin2SR: the variant's window, not a guess
+        ckpt.config = dataclasses.replace(ckpt.config, window_size=base.window_size)
+    return build_restoration_model(ckpt, strict, base, **overrides)
+
+
+def write_restoration_checkpoint(sd: dict, cfg: SwinIRConfig, path, fmt: str = "swinkit", class_names=None,
+                                 meta: dict | None = None) -> Path:
+    """Write a SwinIR / Swin2SR state dict as `fmt`: swinkit (save_state_dict), official ({"params": ...}, as the
+    SwinIR zoo) or hf (a transformers Swin2SR directory)."""
+    path = Path(path)
+    if fmt == "swinkit":
+        save_state_dict(sd, cfg, path, class_names, meta)
+        return path
+    out = swinir_from_swinkit(sd, fmt, cfg)
+    return write_converted(out, path, hf_swin2sr_config(cfg) if fmt == "hf" else None, lambda sd: {"params": sd})
+

@@ -6,19 +6,28 @@ All of them keep `relative_position_index` buffers ((N, N) for the full window) 
 zeros, with a clamped window's bias taken from the first N rows / columns of that index: what they read comes back
 with mask_padding=False and clamped_bias="prefix", so that the model computes what the source model computed.
 The tables use the key templates of io/convert.py (`{i}` stage, `{j}` block, `{p}` weight|bias, `{P}` the
-recognizers' "backbone." prefix, `{L}` the last stage, `{2i-1}` index arithmetic), applied by its one `_apply`."""
+recognizers' "backbone." prefix, `{L}` the last stage, `{2i-1}` index arithmetic), applied by its one `apply_key_map`."""
 from __future__ import annotations
 
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
-from ..nn.windows import relative_position_index
-from .convert import B, BUFFERS, Layout, _apply, _consistent, _last_stage, _listing, _rules
+from ...config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
+from ...models.video import VideoSwinTransformer
+from ...nn.windows import relative_position_index
+from ..files import CheckpointError, save_state_dict, write_converted
+from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..raw import RawCheckpoint, read_raw
+from ..hub import download_pretrained
+from .segmentation import is_segmentation_state_dict
+from .swin import (B, BUFFERS, Checkpoint, build_model, check_architecture, check_overrides, check_shapes, consistent,
+                   last_stage, read_checkpoint, side_info)
+from .unet import is_unet
 
 Triple = tuple[int, int, int]
 
@@ -79,11 +88,11 @@ class VideoImported:
 
 def import_video(sd: dict, fmt: str) -> VideoImported:
     """Read `sd` through format `fmt`'s key map. Never raises on keys."""
-    rules = _rules(VIDEO_FORMATS[fmt], 1, VIDEO_TEMPLATES)
+    rules = expand_rules(VIDEO_FORMATS[fmt], VIDEO_TEMPLATES)
     ctx_in, ctx_out = {"P": (*PREFIXES, "")}, {"P": ("",)}
-    ours, left = _apply(sd, rules, "theirs", ctx_in, ctx_out)
+    ours, left = apply_key_map(sd, rules, "theirs", ctx_in, ctx_out)
     if any("{L}" in t for r in rules for t in r.theirs if t):  # second pass once the stages are known
-        more, left = _apply(left, rules, "theirs", {**ctx_in, "L": _last_stage(ours)}, ctx_out)
+        more, left = apply_key_map(left, rules, "theirs", {**ctx_in, "L": last_stage(ours)}, ctx_out)
         ours.update(more)
     buffers = {k: ours.pop(k) for k in list(ours) if k.rsplit(".", 1)[-1] in BUFFERS}
     return VideoImported(fmt, ours, buffers, sorted(left))
@@ -94,12 +103,12 @@ def detect_video_format(sd: dict) -> str:
     scored = []
     for fmt in DETECT_ORDER:
         imp = import_video(sd, fmt)
-        scored.append((len(imp.unknown) + (0 if _consistent(imp.state_dict) else len(sd) + 1), fmt))
+        scored.append((len(imp.unknown) + (0 if consistent(imp.state_dict) else len(sd) + 1), fmt))
     bad, fmt = min(scored, key=lambda s: s[0])
     if bad > len(sd):
         raise ValueError(f"not a Video Swin state dict of a known format ({', '.join(DETECT_ORDER)}): expected "
                          "patch_embed.proj (a Conv3d) and stages of blocks; its first keys are: "
-                         f"{_listing(list(sd)[:5])}")
+                         f"{listing(list(sd)[:5])}")
     return fmt
 
 
@@ -108,11 +117,11 @@ def video_to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> V
     listing them, or with strict=False a warning."""
     if not is_video_state_dict(sd):
         raise ValueError("not a Video Swin state dict: expected a 5-D patch_embed.proj.weight (a Conv3d over "
-                         f"t x p x p patches); its first keys are: {_listing(list(sd)[:5])}")
+                         f"t x p x p patches); its first keys are: {listing(list(sd)[:5])}")
     imp = import_video(sd, src or detect_video_format(sd))
     if imp.unknown:
         msg = (f"{len(imp.unknown)} keys of this {imp.format} Video Swin checkpoint have no place in swinkit: "
-               f"{_listing(imp.unknown)}")
+               f"{listing(imp.unknown)}")
         if strict:
             raise ValueError(msg + ". Is it a Video Swin checkpoint of that format? To skip them, load with "
                                    "strict=False.")
@@ -141,11 +150,11 @@ def video_from_swinkit(sd: dict, dst: str, cfg: VideoSwinConfig, prefix: str = "
         if m := re.fullmatch(r"(layers\.(\d+)\.blocks\.\d+\.attn\.)relative_position_bias_table", k):
             win = cfg.window_size[int(m[2])]
             sd[m[1] + "relative_position_index"] = relative_position_index(win, win, torch.device("cpu")).clone()
-    rules = _rules(VIDEO_FORMATS[dst], 1, VIDEO_TEMPLATES)
-    out, left = _apply(sd, rules, "ours", {"P": ("",)}, {"P": (prefix,), "L": len(cfg.depths) - 1})
+    rules = expand_rules(VIDEO_FORMATS[dst], VIDEO_TEMPLATES)
+    out, left = apply_key_map(sd, rules, "ours", {"P": ("",)}, {"P": (prefix,), "L": len(cfg.depths) - 1})
     if left:
         raise ValueError(f"{len(left)} VideoSwinTransformer tensors have no equivalent in the {dst} format: "
-                         f"{_listing(sorted(left))}")
+                         f"{listing(sorted(left))}")
     return out
 
 
@@ -174,13 +183,13 @@ def match_video_variant(d: dict) -> str | None:
     """The named video variant with this structure (the one with as many classes, if several)."""
     keys = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
     same = [n for n in VIDEO_VARIANTS
-            if all(_listed(getattr(VideoSwinConfig.from_name(n), k)) == _listed(d[k]) for k in keys if k in d)]
+            if all(listed(getattr(VideoSwinConfig.from_name(n), k)) == listed(d[k]) for k in keys if k in d)]
     return next((n for n in same if VIDEO_VARIANTS[n]["config"].get("num_classes", 400) == d.get("num_classes")),
                 same[0] if same else None)
 
 
-def _listed(v):
-    return [_listed(x) for x in v] if isinstance(v, (list, tuple)) else v
+def listed(v):
+    return [listed(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def infer_video_config(sd: dict, buffers: dict | None = None, fmt: str = "swinkit"
@@ -283,4 +292,100 @@ def inflate_state_dict(sd: dict, src: SwinConfig, cfg: VideoSwinConfig, mode: st
         else:
             out[k] = v
     return out, dropped
+
+
+# ----------------------------------------------------------------------------------------------------------
+# video checkpoints, and 2-D checkpoints inflated into video models
+
+
+VIDEO_ARCHITECTURE = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio", "qkv_bias",
+                      "pos_embed")  # what a video checkpoint's tensors fix (its bias tables are not resized)
+
+
+def read_video_checkpoint(path, use_ema: bool = False, strict: bool = True,
+                          raw: RawCheckpoint | None = None) -> Checkpoint:
+    """Read a Video Swin checkpoint (official / mmaction2, torchvision, swinkit) into swinkit's layout, with the
+    config saved beside a swinkit file or else inferred from the weights."""
+    raw = raw or read_raw(path, use_ema)
+    side, class_names, ours = side_info(raw.weights, raw.obj, raw.meta)
+    ours = ours and VideoSwinConfig.is_video_dict(side)
+    try:
+        imp = video_to_swinkit(raw.state_dict, strict=strict)
+        cfg, guessed = ((VideoSwinConfig.from_dict(side), []) if ours else
+                        infer_video_config(imp.state_dict, imp.buffers, imp.format))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{raw.path}: {e}") from None
+    return Checkpoint(raw.path, "swinkit" if ours else imp.format, imp.state_dict, cfg, guessed,
+                      class_names if ours else None, imp.unknown, [])
+
+
+def video_target_config(src: VideoSwinConfig, overrides: dict, base: VideoSwinConfig | None = None
+                         ) -> VideoSwinConfig:
+    """The video model to build: `base` (a named variant) or the checkpoint's config, with `overrides`. With a
+    base, the checkpoint decides the head, input channels and how padding and clamped windows are handled
+    (mask_padding, clamped_bias) unless asked otherwise."""
+    d = (base or src).to_dict()
+    if base is not None:
+        d.update({k: getattr(src, k) for k in ("num_classes", "in_chans", "mask_padding", "clamped_bias")})
+    cfg = VideoSwinConfig.from_dict({**d, **overrides})
+    check_architecture(src, cfg, VIDEO_ARCHITECTURE, "video", named=base is not None)
+    return cfg
+
+
+def inflate_checkpoint(path, cfg: VideoSwinConfig, inflate: str = "average",
+                       raw: RawCheckpoint | None = None) -> VideoSwinTransformer:
+    """A VideoSwinTransformer of `cfg` from any 2-D Swin V1 classifier or backbone checkpoint load_model reads,
+    inflated as the official Video Swin does (see io.convert_video.inflate_state_dict; inflate="center" puts the
+    2-D patch filters in the centre frame). One warning lists the tensors that start from their initialisation
+    (the head). Returns the model in eval mode."""
+    raw = raw or read_raw(path)
+    if is_unet(raw.state_dict) or is_segmentation_state_dict(raw.state_dict):
+        raise CheckpointError(f"{path} is a segmentation checkpoint: inflate a classification or backbone "
+                              "checkpoint of Swin V1 into a video model")
+    ckpt = read_checkpoint(path, raw=raw)
+    try:
+        sd, dropped = inflate_state_dict(ckpt.state_dict, ckpt.config, cfg, inflate)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.describe()}: {e}") from None
+    model = VideoSwinTransformer(cfg)
+    own = model.state_dict()
+    check_shapes(ckpt, sd, own)
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise CheckpointError(f"{ckpt.describe()}: tensors with no place in the video model: {unexpected[:12]}")
+    model.load_state_dict(sd, strict=False)
+    new = [k for k in own if k not in sd]
+    if new:
+        warnings.warn(f"inflated {ckpt.describe()} into {cfg.describe()} ({inflate}); new, freshly initialised "
+                      f"tensors (train them before use): {', '.join(new)}"
+                      + (f"; dropped from the 2-D model: {', '.join(dropped)}" if dropped else ""), stacklevel=3)
+    return model.eval()
+
+
+def load_video_into_named(name: str, checkpoint=None, pretrained: bool | str = False, inflate: str = "average",
+                          **overrides) -> VideoSwinTransformer:
+    """create_video_model(name, checkpoint=... | pretrained=True): the named video variant with the weights of a
+    video checkpoint (torchvision's Kinetics-400 release for pretrained=True, or the URL given as
+    pretrained='https://...'), or of a 2-D one, inflated."""
+    base = VideoSwinConfig.from_name(name, **overrides)
+    overrides = check_overrides(overrides, VideoSwinConfig)
+    if checkpoint is None:
+        checkpoint = download_pretrained(name, pretrained if isinstance(pretrained, str) else None)
+    raw = read_raw(checkpoint)
+    if not is_video_state_dict(raw.state_dict):
+        return inflate_checkpoint(checkpoint, base, inflate, raw)
+    ckpt = read_video_checkpoint(checkpoint, raw=raw)
+    return build_model(ckpt, video_target_config(ckpt.config, overrides, base))
+
+
+def write_video_checkpoint(sd: dict, cfg: VideoSwinConfig, path, fmt: str = "swinkit", class_names=None,
+                           meta: dict | None = None) -> Path:
+    """Write a VideoSwinTransformer's state dict as `fmt`: swinkit (save_state_dict), official / mmaction2
+    ({"state_dict": {"backbone.*", "cls_head.*"}}) or torchvision (swin3d's state dict)."""
+    path = Path(path)
+    if fmt == "swinkit":
+        save_state_dict(sd, cfg, path, class_names, meta)
+        return path
+    out = video_from_swinkit(sd, fmt, cfg)
+    return write_converted(out, path, None, lambda sd: sd if fmt == "torchvision" else {"state_dict": sd})
 

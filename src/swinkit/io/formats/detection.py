@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import DET_VARIANTS, DetectionConfig, SwinConfig
-from .checkpoint import CheckpointError, RawCheckpoint, _split_overrides, _write_safetensors, read_raw
-from .convert import (BACKBONE_TEMPLATES, SEG_BACKBONES, STRUCTURE, Layout, _apply, _consistent, _listing, _rules,
-                      from_swinkit, import_state_dict, infer_config)
-from .files import atomic_write, write_json
+from ...config import DET_VARIANTS, DetectionConfig, SwinConfig
+from ..files import CheckpointError, atomic_write, write_json, write_safetensors
+from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..raw import RawCheckpoint, read_raw
+from .segmentation import BACKBONE_TEMPLATES, SEG_BACKBONES, split_overrides
+from .swin import STRUCTURE, consistent, from_swinkit, import_state_dict, infer_config
 
 BODY, FPN = "backbone.body.", "backbone.fpn."
 
@@ -96,10 +97,10 @@ def _import(sd: dict, fmt: str):
     bb = import_state_dict(inner, BACKBONE_TABLE[fmt], SEG_BACKBONES, BACKBONE_TEMPLATES)
     ctx = {"P": ("",)}
     n = _count(rest, "neck.lateral_convs.{k}.conv.weight")
-    neck, left = _apply(rest, _rules(Layout((1,), _neck(n)), 1, NECK_TEMPLATES), "theirs", ctx, ctx)
+    neck, left = apply_key_map(rest, expand_rules(Layout((1,), _neck(n)), NECK_TEMPLATES), "theirs", ctx, ctx)
     dropped = sorted(k for k in left if HEADS.match(k))
     unknown = ["backbone." + k for k in bb.unknown + bb.ignored] + sorted(k for k in left if not HEADS.match(k))
-    if not unknown and not _consistent(bb.state_dict):
+    if not unknown and not consistent(bb.state_dict):
         unknown = [f"backbone.* (stages {sorted({k.split('.')[1] for k in bb.state_dict if k.startswith('layers.')})},"
                    " not a complete Swin)"]
     out = {**{BODY + k: v for k, v in bb.state_dict.items()}, **neck}
@@ -141,7 +142,7 @@ def detection_to_swinkit(sd: dict, strict: bool = True) -> tuple[str, dict, list
         return fmt, dict(sd), []
     out, _, dropped, unknown = _import(sd, fmt)
     if unknown:
-        msg = f"{len(unknown)} keys of this {fmt} detection checkpoint have no place in swinkit: {_listing(unknown)}"
+        msg = f"{len(unknown)} keys of this {fmt} detection checkpoint have no place in swinkit: {listing(unknown)}"
         if strict:
             raise ValueError(msg + ". Is it a Mask / Faster / Cascade R-CNN, RetinaNet or FCOS checkpoint with a Swin "
                                    "backbone and an FPN neck? To skip them, load with strict=False.")
@@ -170,9 +171,9 @@ def detection_from_swinkit(sd: dict, dst: str, cfg: DetectionConfig | SwinConfig
     neck_sd = {k: v for k, v in sd.items() if k.startswith(FPN)}
     ctx = {"P": ("",)}
     n = _count(neck_sd, FPN + "inner_blocks.{k}.0.weight")
-    neck, left = _apply(neck_sd, _rules(Layout((1,), _neck(n)), 1, NECK_TEMPLATES), "ours", ctx, ctx)
+    neck, left = apply_key_map(neck_sd, expand_rules(Layout((1,), _neck(n)), NECK_TEMPLATES), "ours", ctx, ctx)
     if left:
-        raise ValueError(f"{len(left)} FPN tensors have no equivalent in mmdet's FPN: {_listing(sorted(left))}")
+        raise ValueError(f"{len(left)} FPN tensors have no equivalent in mmdet's FPN: {listing(sorted(left))}")
     return {**out, **neck}
 
 
@@ -345,7 +346,7 @@ def save_detector(model, path, class_names: list[str] | None = None) -> Path:
     names = list(class_names or getattr(model, "class_names", None) or []) or None
     sd = model.state_dict()
     if path.suffix == ".safetensors":
-        _write_safetensors(sd, path, {"swinkit_config": cfg.to_json(), "class_names": json.dumps(names)})
+        write_safetensors(sd, path, {"swinkit_config": cfg.to_json(), "class_names": json.dumps(names)})
         write_json(path.with_suffix(".json"), {**cfg.to_dict(), **({"class_names": names} if names else {})})
     elif path.suffix in (".pt", ".pth"):
         obj = {"config": cfg.to_dict(), "model": {k: v.detach().cpu().clone() for k, v in sd.items()},
@@ -358,7 +359,7 @@ def save_detector(model, path, class_names: list[str] | None = None) -> Path:
 
 def _apply_overrides(cfg: DetectionConfig, overrides: dict) -> DetectionConfig:
     """DetectionConfig fields, or for the rest SwinConfig fields of the backbone; unknown names are an error."""
-    own, swin = _split_overrides(overrides, DetectionConfig)
+    own, swin = split_overrides(overrides, DetectionConfig)
     return dataclasses.replace(cfg, **own, backbone=dataclasses.replace(cfg.backbone, **swin))
 
 
@@ -368,7 +369,7 @@ def load_detector(path, strict: bool = True, **overrides):
     and unexpected keys are a warning); mmdet / official files load the backbone and neck exactly, the heads start
     from their initialisation. Overrides: DetectionConfig fields (num_classes: class-dependent head tensors start
     fresh; score_thresh, min_size, frozen_stages, ...) or backbone SwinConfig fields (drop_path_rate, ...)."""
-    from ..models.detection import build_detector  # torchvision: the train extra
+    from ...models.detection import build_detector  # torchvision: the train extra
 
     src, sd, names, fmt = read_detection_checkpoint(path, strict)
     cfg = _apply_overrides(src, overrides)
@@ -388,7 +389,7 @@ def load_detector(path, strict: bool = True, **overrides):
     missing = [k for k in own if k not in sd and not k.startswith(by_design) and k not in fresh]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
-        msg = f"{path} ({fmt}): missing keys {_listing(missing)}; unexpected keys {_listing(unexpected)}"
+        msg = f"{path} ({fmt}): missing keys {listing(missing)}; unexpected keys {listing(unexpected)}"
         if strict or fmt in BACKBONE_TABLE:
             raise CheckpointError(msg + ("" if fmt in BACKBONE_TABLE else " (load with strict=False to accept this)"))
         warnings.warn(msg, stacklevel=2)
@@ -396,3 +397,33 @@ def load_detector(path, strict: bool = True, **overrides):
     if names and len(names) == cfg.num_classes:
         model.class_names = list(names)
     return model.eval()
+
+
+def inspect_detection(raw: RawCheckpoint) -> str:
+    """`swinkit inspect` of a detection file."""
+    cfg, sd, names, fmt = read_detection_checkpoint(raw.path)
+    bb = cfg.backbone
+    return "\n".join([f"file:     {raw.path}", f"format:   {fmt} ({cfg.detector} detector)",
+                      f"params:   {sum(v.numel() for v in sd.values()):,}",
+                      f"config:   {cfg.name}: {cfg.detector}, {cfg.num_classes} classes, FPN {cfg.fpn_channels} on "
+                      f"{bb.describe(with_size=False)}",
+                      f"classes:  {', '.join(map(str, (names or [])[:8])) or 'not recorded'}"])
+
+
+def convert_detection_file(raw: RawCheckpoint, dst, fmt: str, meta: dict | None = None, hints=None) -> str:
+    """`swinkit convert` of a detection file: --to swinkit writes the whole detector; official / mmdet its backbone
+    and FPN neck as {"state_dict", "meta": {"CLASSES"}} (heads are not converted)."""
+    from ...models.detection import build_detector
+
+    cfg, sd, names, _ = read_detection_checkpoint(raw.path)
+    if fmt not in DETECTION_FORMATS:
+        raise CheckpointError(f"--to {fmt}: {raw.path} holds a detector; choose one of {', '.join(DETECTION_FORMATS)}")
+    dst = Path(dst)
+    if fmt == "swinkit":
+        model = build_detector(cfg)
+        model.load_state_dict(sd, strict=False)
+        save_detector(model, dst, names)
+    else:
+        out = {"state_dict": convert_detection_state_dict(sd, fmt, cfg), "meta": {"CLASSES": names}}
+        atomic_write(dst, lambda p: torch.save(out, p))
+    return f"{fmt}, {cfg.detector} {'backbone and neck' if fmt != 'swinkit' else 'detector'}"

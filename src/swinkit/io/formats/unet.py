@@ -21,10 +21,11 @@ from typing import Callable
 
 import torch
 
-from ..config import UNET_VARIANTS, SwinConfig, SwinUNetConfig
-from ..models.unet import SwinUNet
-from .convert import (GEOMETRY, STRUCTURE, Rule, _apply, _from_weights, _listed, _listing, effective_windows,
-                      from_swinkit, import_state_dict)
+from ...config import UNET_VARIANTS, SwinConfig, SwinUNetConfig
+from ...models.unet import SwinUNet
+from ..files import write_converted
+from ..keymap import Rule, apply_key_map, listing
+from .swin import (GEOMETRY, STRUCTURE, effective_windows, from_swinkit, from_weights, import_state_dict, listed)
 
 WRAPPERS = ("model", "state_dict")  # dict keys a training script saves the state dict under
 PREFIXES = ("module.", "swin_unet.")  # DataParallel, then the published SwinUnet wrapper, stripped in this order
@@ -87,7 +88,7 @@ def detect_unet_format(sd: dict) -> str:
         return "swinkit"
     raise ValueError("not a Swin-UNet state dict: expected the official layout (layers.*, layers_up.*, "
                      "concat_back_dim.*, up.*, output.*) or swinkit's (encoder.*, decoder.*, head.*); its first "
-                     f"keys are: {_listing(list(sd))}")
+                     f"keys are: {listing(list(sd))}")
 
 
 def is_unet(sd: dict) -> bool:
@@ -123,7 +124,7 @@ def official_to_swinkit(sd: dict) -> ImportedUNet:
     """Read an official SwinTransformerSys state dict (wrappers already stripped). Never raises on keys."""
     n = 1 + max(int(m[1]) for k in sd if (m := re.match(r"layers_up\.(\d+)\.", k)))
     blocks, rest = _rename(sd, _OFFICIAL_BLOCK, "layers.{}.{}", lambda k: n - 1 - k)
-    decoder, rest = _apply(rest, _RULES, "theirs", _CTX, _CTX)
+    decoder, rest = apply_key_map(rest, _RULES, "theirs", _CTX, _CTX)
     enc, dec = import_state_dict(rest, "official"), import_state_dict(blocks, "official")
     dec_blocks, _ = _rename(dec.state_dict, _STAGE_BLOCK, "decoder.layers.{}.{}", lambda s: n - 2 - s)
     unknown_blocks, _ = _rename(dict.fromkeys(dec.unknown), _STAGE_BLOCK, "layers_up.{}.{}", lambda s: n - 1 - s)
@@ -154,10 +155,10 @@ def swinkit_to_official(sd: dict, cfg: SwinUNetConfig, prefix: str = "") -> dict
     out = from_swinkit(encoder, "official", cfg.encoder_config())
     out.update(_rename(from_swinkit(blocks, "official", _decoder_as_encoder(cfg)), _STAGE_BLOCK,
                        "layers_up.{}.{}", lambda s: n - 1 - s)[0])
-    decoder, left = _apply(rest, _RULES, "ours", _CTX, _CTX)
+    decoder, left = apply_key_map(rest, _RULES, "ours", _CTX, _CTX)
     if left:
         raise ValueError(f"{len(left)} SwinUNet tensors have no equivalent in the official layout: "
-                         f"{_listing(sorted(left))}")
+                         f"{listing(sorted(left))}")
     return {prefix + k: v for k, v in {**out, **decoder}.items()}
 
 
@@ -169,7 +170,7 @@ def match_unet_variant(d: dict) -> str | None:
     """The first named Swin-UNet with this structure (and the same effective windows, when they are known)."""
     for name in UNET_VARIANTS:
         cfg = SwinUNetConfig.from_name(name)
-        if any(_listed(getattr(cfg, k)) != _listed(d[k]) for k in (*STRUCTURE, "depths_decoder") if k in d):
+        if any(listed(getattr(cfg, k)) != listed(d[k]) for k in (*STRUCTURE, "depths_decoder") if k in d):
             continue
         mine = SwinUNetConfig.from_dict({**cfg.to_dict(), **{k: d[k] for k in GEOMETRY if k in d}})
         if effective_windows(mine) == effective_windows(cfg):
@@ -186,7 +187,7 @@ def infer_unet_config(sd: dict, buffers: dict | None = None) -> tuple[SwinUNetCo
     if missing:
         raise ValueError(f"not a complete SwinUNet state dict: {', '.join(missing)} missing")
     strip = lambda d: {k[len("encoder."):]: v for k, v in d.items() if k.startswith("encoder.")}  # noqa: E731
-    derived = _from_weights(strip(sd), strip(buffers or {}))
+    derived = from_weights(strip(sd), strip(buffers or {}))
     n = len(derived["depths"])
     depth: dict[int, int] = {}
     for k in sd:
@@ -218,7 +219,7 @@ def _to_swinkit(sd: dict, strict: bool) -> ImportedUNet:
     imp = official_to_swinkit(sd)
     if imp.unknown:
         msg = f"{len(imp.unknown)} keys of this official Swin-UNet checkpoint have no place in swinkit: " \
-              f"{_listing(imp.unknown)}"
+              f"{listing(imp.unknown)}"
         if strict:
             raise ValueError(msg + ". To skip them, load with strict=False.")
         warnings.warn(msg + " (skipped)", stacklevel=3)
@@ -258,6 +259,26 @@ def load_unet(source, strict: bool = True, **overrides) -> SwinUNet:
     result = model.load_state_dict(imp.state_dict, strict=False)
     if result.missing_keys or (strict and result.unexpected_keys):
         raise ValueError(f"the checkpoint does not fit the SwinUNet its weights describe: missing "
-                         f"{_listing(result.missing_keys) or 'none'}; unexpected "
-                         f"{_listing(result.unexpected_keys) or 'none'}")
+                         f"{listing(result.missing_keys) or 'none'}; unexpected "
+                         f"{listing(result.unexpected_keys) or 'none'}")
     return model
+
+
+def inspect_unet(path, sd: dict) -> str:
+    """`swinkit inspect` of a Swin-UNet file: format, parameters and the configuration its weights imply."""
+    imp = _to_swinkit(unwrap_unet(sd), strict=False)
+    cfg, guessed = infer_unet_config(imp.state_dict, imp.buffers)
+    lines = [f"file:     {path}", f"format:   {detect_unet_format(unwrap_unet(sd))} (Swin-UNet, Swin V{cfg.version})",
+             f"params:   {sum(v.numel() for v in imp.state_dict.values()):,}", "config:"]
+    lines += [f"  {k}: {getattr(cfg, k)}" for k in ("name", "img_size", "patch_size", "in_chans", "num_classes",
+                                                     "embed_dim", "depths", "depths_decoder", "num_heads", "window_size")]
+    if guessed:
+        lines.append(f"guessed:  {', '.join(guessed)} (not recorded in the checkpoint)")
+    lines.append(f"unknown:  {', '.join(imp.unknown) if imp.unknown else 'none'}")
+    return "\n".join(lines)
+
+
+def write_official(model: SwinUNet, path) -> Path:
+    """A SwinUNet as the official code saves it ({"model": state dict} in .pth / .pt, or safetensors)."""
+    out = swinkit_to_official(model.state_dict(), model.cfg)
+    return write_converted(out, Path(path), None, lambda sd: {"model": sd})
