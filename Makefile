@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev install-docs demo test docs bench clean
 
 $(VENV)/.train: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,8 +14,13 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.train
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
+$(VENV)/.docs: pyproject.toml $(VENV)/.train
+	$(PIP) install -q -e ".[docs]"
+	touch $@
+
 install: $(VENV)/.train
 install-dev: $(VENV)/.dev
+install-docs: $(VENV)/.docs
 
 demo: install
 	$(VENV)/bin/swinkit models
@@ -24,5 +29,8 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
+docs: install-docs  # the site in site/; --strict: a broken link or reference fails
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

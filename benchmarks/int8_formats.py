@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swinkit import cpu, create_model
+from swinkit import create_model
+from swinkit.utils import cpu
 from swinkit.data import digits_folder
 from swinkit.io.load import load_model
 from swinkit.tools import bench

@@ -31,7 +31,7 @@ import torch
 
 from swinkit.cli import main as swinkit
 from swinkit.data import ImageFolderDataset, eval_transform
-from swinkit.evaluate import load_trained
+from swinkit.inference.load import load_trained
 from swinkit.tasks import segment as S
 from swinkit.tools.export import export, read_metadata
 from swinkit.tools.quantize import _inputs, calibration_files, quantize_onnx

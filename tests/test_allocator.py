@@ -1,4 +1,4 @@
-"""swinkit.allocator: a tuned process reuses freed memory instead of page-faulting it afresh."""
+"""swinkit.utils.allocator: a tuned process reuses freed memory instead of page-faulting it afresh."""
 import os
 import platform
 import subprocess
@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from swinkit import allocator
+from swinkit.utils import allocator
 from swinkit.cli import main
 
 SCRIPT = """
 import resource, torch, swinkit
-from swinkit.allocator import tune_unless_disabled
+from swinkit.utils.allocator import tune_unless_disabled
 changed = tune_unless_disabled()
 torch.manual_seed(0)
 model = swinkit.create_model("swin_t", embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], num_classes=10)

@@ -9,8 +9,11 @@ import torch
 from PIL import Image
 
 from swinkit import data
-from swinkit.data import (ImageFolderDataset, RandAugmentMstd, SeededSamples, build_datasets, digits_folder,
-                          eval_transform, mixup_cutmix, split_indices, train_transform)
+from swinkit.io.files import cache_dir
+from swinkit.data import (ImageFolderDataset, build_datasets, digits_folder, eval_transform, mixup_cutmix,
+                          split_indices, train_transform)
+from swinkit.data.transforms import RandAugmentMstd
+from swinkit.train.sampling import SeededSamples
 
 
 def write_png(path, array, mode=None):
@@ -183,10 +186,10 @@ def test_digits_folder_is_written_once_and_holds_the_sklearn_digits(tmp_path, mo
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SWINKIT_CACHE", str(tmp_path / "c"))
-    assert data.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("SWINKIT_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert data.cache_dir() == tmp_path / "x" / "swinkit"
+    assert cache_dir() == tmp_path / "x" / "swinkit"
 
 
 # ---- transforms and seeded augmentation

@@ -239,7 +239,7 @@ def test_detection_files_load_through_load_model_eval_and_pretrained(tmp_path):
     initialises training with --pretrained (a different class count: the class-dependent head tensors restart)."""
     import swinkit
     from conftest import randomize_
-    from swinkit.evaluate import task_of
+    from swinkit.inference.load import task_of
     from swinkit.tasks.base import Env, TrainSettings
 
     arch = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4)

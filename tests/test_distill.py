@@ -15,7 +15,7 @@ from swinkit import SwinConfig, SwinTransformer
 from swinkit import train as train_mod
 from swinkit.cli import main
 from swinkit.data import digits_folder
-from swinkit.distill import (CONFIG_KEY, DistillationHead, Distiller, Teacher, add_distillation_head,
+from swinkit.train.distill import (CONFIG_KEY, DistillationHead, Distiller, Teacher, add_distillation_head,
                              classifier_config, fold_distillation_head, hard_distillation_loss, load_classifier,
                              soft_distillation_loss)
 from swinkit.io.load import write_checkpoint

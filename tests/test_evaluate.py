@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import swinkit
 from swinkit.cli import main
 from swinkit.data import ImageFolderDataset, eval_transform, load_image
-from swinkit.evaluate import load_trained
+from swinkit.inference.load import load_trained
 from swinkit.tasks.classify import evaluate
 
 CLASSES = ["cat", "dog", "owl"]
@@ -137,7 +137,7 @@ def test_predict_text_top1_and_unreadable_files(checkpoint, images, tmp_path, ca
 def test_foreign_files_go_to_the_task_of_their_weights(tmp_path):
     """A checkpoint in another format (an official or torchvision state dict) reaches the task its layout belongs
     to: eval / predict of an official SwinIR or Video Swin file do not fall to the classifier."""
-    from swinkit.evaluate import task_of
+    from swinkit.inference.load import task_of
 
     video = swinkit.create_video_model("video_swin_t", embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3)
     restore = swinkit.create_restoration_model("swinir_lightweight_x2", embed_dim=12, depths=(2,), num_heads=(2,))
@@ -152,7 +152,7 @@ def test_foreign_files_go_to_the_task_of_their_weights(tmp_path):
 def test_dtype_bfloat16_runs_the_model_in_bf16_for_eval_and_predict(checkpoint, images, capsys):
     """--dtype bfloat16: bf16 weights and inputs (not autocast), outputs back in float32; eval's loss is the bf16
     model's, and predict's probabilities are within bf16's rounding of float32's."""
-    from swinkit.evaluate import cast_for_inference
+    from swinkit.inference.load import cast_for_inference
 
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(images), "--json", "--dtype",
                  "bfloat16"]) == 0
@@ -196,7 +196,7 @@ def test_dtype_bfloat16_runs_the_model_in_bf16_for_eval_and_predict(checkpoint, 
 def test_dtype_errors(checkpoint):
     from types import SimpleNamespace
 
-    from swinkit.evaluate import cast_for_inference
+    from swinkit.inference.load import cast_for_inference
 
     loaded = load_trained(checkpoint)
     with pytest.raises(ValueError, match=r"^unknown --dtype 'float16': expected one of float32, bfloat16$"):

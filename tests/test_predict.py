@@ -9,7 +9,7 @@ from PIL import Image
 
 import swinkit
 from swinkit.cli import main
-from swinkit.evaluate import load_trained
+from swinkit.inference.load import load_trained
 
 CLASSES = ["ant", "bee", "cow"]
 

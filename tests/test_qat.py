@@ -14,7 +14,7 @@ from swinkit import train as train_mod
 from swinkit.cli import main
 from swinkit.data import digits_folder
 from swinkit.io.load import load_model
-from swinkit.qat import count_fake_quantized, prepare_qat, strip_qat
+from swinkit.train.qat import count_fake_quantized, prepare_qat, strip_qat
 
 from conftest import randomize_
 

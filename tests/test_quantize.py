@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinTransformer, create_restoration_model
-from swinkit import cpu
+from swinkit.utils import cpu
 from swinkit.data import IMAGENET_MEAN, IMAGENET_STD, digits_folder, eval_transform, load_image
 from swinkit.tools import export as E
 from swinkit.tools import quantize as Q

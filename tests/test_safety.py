@@ -301,7 +301,7 @@ def test_the_readme_small_command_is_small():
     from swinkit import train as train_mod
     from swinkit.tasks import get_task
 
-    line = next(ln for ln in Path(__file__).parents[1].joinpath("README.md").read_text().splitlines()
+    line = next(ln for ln in Path(__file__).parents[1].joinpath("docs", "training.md").read_text().splitlines()
                 if ln.startswith("swinkit train") and "# a small Swin" in ln)
     argv = line.split("#")[0].split()[2:]  # after `swinkit train`
     assert argv[:2] == ["--data", "DIR"]

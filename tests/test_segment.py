@@ -9,6 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from conftest import SHARED
+from swinkit.inference import dense
 from swinkit.tasks import segment as S
 
 CAMVID = SHARED / "data" / "camvid"
@@ -195,37 +196,37 @@ class Global(nn.Module):
 
 def test_sliding_window_equals_whole_image_for_a_pointwise_model():
     model, x = Pointwise().eval(), torch.randn(2, 3, 37, 53)
-    whole = S.logits(model, x)
+    whole = dense.logits(model, x)
     for window, stride in [((16, 20), (10, 7)), ((16, 20), (16, 20)), ((40, 60), (5, 5)), ((37, 53), (1, 1))]:
-        slide = S.logits(model, x, window, stride)
+        slide = dense.logits(model, x, window, stride)
         assert slide.shape == (2, 4, 37, 53)
         torch.testing.assert_close(slide, whole, atol=1e-6, rtol=0)
 
 
 def test_sliding_window_equals_whole_image_when_the_image_fits_one_window():
     model, x = Global().eval(), torch.randn(1, 3, 30, 44)
-    whole = S.logits(model, x)
-    assert torch.equal(S.logits(model, x, (30, 44), (10, 10)), whole)
-    assert torch.equal(S.logits(model, x, (64, 64)), whole)  # a window larger than the image is clipped to it
-    assert not torch.allclose(S.logits(model, x, (16, 16), (8, 8)), whole, atol=1e-3)  # it does use windows
+    whole = dense.logits(model, x)
+    assert torch.equal(dense.logits(model, x, (30, 44), (10, 10)), whole)
+    assert torch.equal(dense.logits(model, x, (64, 64)), whole)  # a window larger than the image is clipped to it
+    assert not torch.allclose(dense.logits(model, x, (16, 16), (8, 8)), whole, atol=1e-3)  # it does use windows
 
 
 def test_window_offsets_cover_the_image():
-    assert S._window_starts(37, 16, 10) == [0, 10, 20, 21]
-    assert S._window_starts(16, 16, 10) == [0]
-    assert S._window_starts(40, 16, 12) == [0, 12, 24]
+    assert dense.window_starts(37, 16, 10) == [0, 10, 20, 21]
+    assert dense.window_starts(16, 16, 10) == [0]
+    assert dense.window_starts(40, 16, 12) == [0, 12, 24]
 
 
 def test_flip_and_multiscale_bring_predictions_back():
     model, x = Pointwise().eval(), torch.randn(1, 3, 21, 30)
-    single = S.infer(model, x)
-    torch.testing.assert_close(single, S.logits(model, x).softmax(1))
-    torch.testing.assert_close(S.infer(model, x, flip=True), single, atol=1e-6, rtol=0)  # flip equivariant model
+    single = dense.infer(model, x)
+    torch.testing.assert_close(single, dense.logits(model, x).softmax(1))
+    torch.testing.assert_close(dense.infer(model, x, flip=True), single, atol=1e-6, rtol=0)  # flip equivariant model
     flat = torch.randn(1, 3, 1, 1).expand(1, 3, 21, 30)  # same output at any scale
-    ms = S.infer(model, flat, scales=(0.5, 0.75, 1.5), flip=True)
+    ms = dense.infer(model, flat, scales=(0.5, 0.75, 1.5), flip=True)
     assert ms.shape == (1, 4, 21, 30)
-    torch.testing.assert_close(ms, S.infer(model, flat), atol=1e-6, rtol=0)
-    ms = S.infer(model, x, window=(12, 12), stride=(8, 8), scales=(0.5, 1.25), flip=True)
+    torch.testing.assert_close(ms, dense.infer(model, flat), atol=1e-6, rtol=0)
+    ms = dense.infer(model, x, window=(12, 12), stride=(8, 8), scales=(0.5, 1.25), flip=True)
     torch.testing.assert_close(ms.sum(1), torch.ones(1, 21, 30))
 
 

@@ -25,7 +25,7 @@ _EXPORTS = {  # module (relative to swinkit) -> the names it provides here
     ".io.load": ["load_model", "save_model"],
     ".factory": ["create", "create_backbone", "create_detector", "create_model", "create_restoration_model",
                  "create_segmentation_model", "create_video_model"],
-    ".allocator": ["tune_cpu_allocator"],
+    ".utils.allocator": ["tune_cpu_allocator"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *_MODULE_OF]

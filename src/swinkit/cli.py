@@ -17,14 +17,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from .allocator import tune_unless_disabled
+from .utils.allocator import tune_unless_disabled
 
 COMMANDS = {  # name -> (module, help)
     "models": ("swinkit.tools.measure", "list every variant with measured parameters and FLOPs"),
-    "train": ("swinkit.train", "train or fine-tune a model for a task (--task classify|segment|detect|video|restore; "
+    "train": ("swinkit.train.loop", "train or fine-tune a model for a task (--task classify|segment|detect|video|restore; "
                                "classify and video with no --data train on the embedded digits)"),
     "eval": ("swinkit.evaluate", "evaluate a checkpoint or run directory on a dataset (its task from the checkpoint)"),
-    "restore": ("swinkit.restore", "super-resolve, denoise or de-JPEG images with a SwinIR / Swin2SR model"),
+    "restore": ("swinkit.tools.restore", "super-resolve, denoise or de-JPEG images with a SwinIR / Swin2SR model"),
     "predict": ("swinkit.predict", "predict for image files or clips with a checkpoint (class probabilities, masks, "
                                    "detections)"),
     "export": ("swinkit.tools.export", "export a model to ONNX / torch.export (pt2) / TorchScript, verified against "
@@ -100,7 +100,7 @@ def _run(argv: list[str]) -> int:
         parser.parse_args(argv)  # prints help or the usage error
         return 0
     try:
-        tune_unless_disabled()  # before the command allocates its model and data; see swinkit.allocator
+        tune_unless_disabled()  # before the command allocates its model and data; see swinkit.utils.allocator
     except ValueError as e:
         parser.error(str(e))
     module = importlib.import_module(COMMANDS[argv[0]][0])

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, argv: list[str]
         return
     import torch
 
-    from .evaluate import DTYPES, checkpoint_flag, task_of
+    from .inference.load import DTYPES, checkpoint_flag, task_of
     from .tasks import DEFAULT_TASK, get_task
 
     path = checkpoint_flag(argv)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)
         return 1 if errors else status
-    from .evaluate import cast_for_inference, load_trained
+    from .inference.load import cast_for_inference, load_trained
 
     try:
         if args.batch_size < 1:

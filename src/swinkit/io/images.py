@@ -89,3 +89,17 @@ def draw_legend(img: Image.Image, entries: list[tuple[str, tuple[int, int, int]]
             draw.text((x + swatch + pad, y), name, fill=(0, 0, 0), font=font)
             x += width
     return out
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """n distinct colours: the bits of (index + 1) spread over the high bits of R, G and B (the PASCAL VOC
+    scheme shifted by one, so class 0 is not black)."""
+    out = []
+    for i in range(1, n + 1):
+        r = g = b = 0
+        for k in range(8):
+            r |= ((i >> (3 * k)) & 1) << (7 - k)
+            g |= ((i >> (3 * k + 1)) & 1) << (7 - k)
+            b |= ((i >> (3 * k + 2)) & 1) << (7 - k)
+        out.append((r, g, b))
+    return out

@@ -125,6 +125,13 @@ class SwinLayers:
         for blk in self.blocks():
             blk.inference_path = path
 
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 to `rate` over the blocks (for a model loaded from a checkpoint)."""
+        blocks = self.blocks()
+        for blk, p in zip(blocks, torch.linspace(0, rate, len(blocks)).tolist()):
+            blk.drop_path.p = p
+        self.cfg.drop_path_rate = rate
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.layers:
             layer.grad_checkpointing = enable

@@ -1,7 +1,7 @@
 """What a task supplies to the one training loop, and the loop's typed settings.
 
 A task (classification, segmentation, ...) is one file in swinkit/tasks/ with a `Task` subclass and a
-`TaskSettings` subclass. The loop in swinkit/train.py owns everything that does not depend on the task (AMP,
+`TaskSettings` subclass. The loop in swinkit/train/loop.py owns everything that does not depend on the task (AMP,
 DDP/FSDP, EMA, clipping, accumulation, exact resume, the run directory and its logs, Ctrl-C, non-finite losses);
 `swinkit eval` and `swinkit predict` read the task's name from the checkpoint and hand over to the same class.
 

@@ -17,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..distill import (DISTILL_KINDS, Distiller, Teacher, add_distillation_head, check_settings,
+from ..train.distill import (DISTILL_KINDS, Distiller, Teacher, add_distillation_head, check_settings,
                        classifier_config, classifier_from_config, fold_distillation_head, has_distillation_head,
                        load_classifier)
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, build_datasets, digits_folder,
                     eval_transform, load_image, mixup_cutmix, train_transform)
 from ..factory import create_model
 from ..io.files import dumps
+from ..metrics.classification import evaluate, save_confusion_png
 from ..models.swin import SwinTransformer
-from ..qat import count_fake_quantized, prepare_qat
-from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, autocast, setting
+from ..train.qat import count_fake_quantized, prepare_qat
+from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, setting
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
 # from scratch on fewer training images than this (and no --recipe), the small-data recipe is picked
@@ -125,46 +124,8 @@ def check_qat_settings(pretrained: str | None) -> None:
         raise ValueError("--qat needs torchao for its fake quantization: pip install torchao")
 
 
-def set_drop_path(model: SwinTransformer, rate: float) -> None:
-    """Stochastic depth rising linearly from 0 to `rate` over the blocks (for a model loaded from a checkpoint)."""
-    blocks = model.blocks()
-    for blk, p in zip(blocks, torch.linspace(0, rate, len(blocks)).tolist()):
-        blk.drop_path.p = p
-    model.cfg.drop_path_rate = rate
-
-
 # ----------------------------------------------------------------------------------------------------------
 # metrics and predictions
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             num_classes: int | None = None, log_probs=None, count: str = "num_images") -> dict:
-    """Cross-entropy loss, top-1 and top-5 (%) over `loader`, summed across ranks when distributed. Top-5 is
-    top-min(5, classes). With `num_classes`, also the (C, C) confusion matrix (rows: true class). `log_probs(model,
-    x)` -> (B, classes) log-probabilities replaces log_softmax(model(x)) (the video task's multi-view average);
-    `count` names the sample count."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, samples
-    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long, device=device)
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            log_p = model(x).float().log_softmax(-1) if log_probs is None else log_probs(model, x)  # (B, C)
-        top = log_p.topk(min(5, log_p.shape[1]), dim=1).indices  # (B, k)
-        hits = top == y[:, None]
-        sums += torch.stack([F.nll_loss(log_p, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
-                             torch.tensor(len(y), device=device)]).double()
-        if num_classes:
-            confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2).view_as(confusion)
-    if dist.is_initialized():
-        dist.all_reduce(sums)
-        dist.all_reduce(confusion)
-    loss, c1, c5, n = sums.tolist()
-    out = {"loss": loss / max(n, 1), "top1": 100 * c1 / max(n, 1), "top5": 100 * c5 / max(n, 1), count: int(n)}
-    if num_classes:
-        out["confusion"] = confusion.cpu()
-    return out
 
 
 @torch.no_grad()
@@ -174,27 +135,6 @@ def predict(model: nn.Module, images: torch.Tensor, class_names: list[str], topk
     p, idx = probs.topk(min(topk, probs.shape[1]), dim=-1)  # (B, k)
     return [[{"class": class_names[i], "index": i, "prob": q} for q, i in zip(pr.tolist(), ix.tolist())]
             for pr, ix in zip(p, idx)]
-
-
-def save_confusion_png(confusion: torch.Tensor, class_names: list[str], path: Path) -> None:
-    """Draw the (C, C) count matrix (rows: true, columns: predicted) with scikit-learn's display; values and
-    labels are left out when there are too many classes to read."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    from ..io.files import atomic_write
-
-    C = len(class_names)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.45 * C, 30), min(3.5 + 0.45 * C, 30)))
-    ConfusionMatrixDisplay(confusion.numpy(), display_labels=class_names if C <= 50 else None).plot(
-        ax=ax, include_values=C <= 20, xticks_rotation="vertical", colorbar=True, cmap="Blues")
-    ax.set_title("confusion matrix (rows: true class)")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def eval_folder(data: Path) -> Path:
@@ -305,7 +245,7 @@ class ClassifyTask(Task):
             if model.num_classes != n:
                 model.reset_classifier(n)
             if c.drop_path_rate is not None:
-                set_drop_path(model, c.drop_path_rate)
+                model.set_drop_path(c.drop_path_rate)
             return model
         arch = {k: getattr(c, k) for k in (*ARCH_KEYS, "drop_path_rate") if getattr(c, k) is not None}
         model = create_model(c.model, num_classes=n, **arch)

@@ -378,7 +378,7 @@ def draw_detections(img: torch.Tensor, out: dict, names: list[str], alpha: float
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     from ..io.images import label_font
-    from .segment import default_palette
+    from ..io.images import default_palette
 
     palette = default_palette(len(names))
     colors = [palette[int(c) - 1] for c in out["labels"]]

@@ -34,7 +34,6 @@ from ..io.files import check_outputs
 from ..io.images import image_files
 from ..models.simmim import MASK_PATCH_SIZE, MASK_RATIO, SimMIM, pixel_mask, random_mask, random_masks
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
-from .classify import set_drop_path
 
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
 SMALL_DATA_IMAGES = 20_000  # from scratch on fewer images than this (and no --recipe), the small recipe is picked
@@ -325,7 +324,7 @@ class PretrainTask(Task):
                                         "--task pretrain` or its best.pt, but it does not exist")
             model = self.load(path, torch.load(path, map_location="cpu", weights_only=True)).model.train()
             if c.drop_path_rate is not None:
-                set_drop_path(model.encoder, c.drop_path_rate)
+                model.encoder.set_drop_path(c.drop_path_rate)
             return model
         arch = {k: getattr(c, k) for k in (*ARCH_KEYS, "drop_path_rate") if getattr(c, k) is not None}
         cfg = SwinConfig.from_name(c.model, num_classes=0, **arch)

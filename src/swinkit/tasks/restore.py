@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import SWINIR_VARIANTS, SwinIRConfig
+from ..inference.dense import restore_tensor
 from ..io.files import atomic_write, plan_outputs
 from ..io.images import IMG_EXTENSIONS, expand_inputs, image_files
 from ..models.swinir import SwinIR
@@ -272,36 +273,6 @@ def restoration_metrics(out: torch.Tensor, hr: torch.Tensor, border: int) -> dic
 
 # ----------------------------------------------------------------------------------------------------------
 # inference: whole images or overlapping tiles
-
-
-def _starts(n: int, tile: int, stride: int) -> list[int]:
-    return [*range(0, n - tile, stride), n - tile]
-
-
-@torch.no_grad()
-def restore_tensor(model: nn.Module, x: torch.Tensor, scale: int, tile: int | None = None, overlap: int = 32,
-                   progress: bool = False) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (B, C, sH, sW): the whole image at once, or with `tile` overlapping tiles of at
-    most tile x tile (clamped per axis to the image, so a tile no smaller than the image is one whole-image call)
-    whose outputs are summed and divided by how many tiles covered each pixel, as the official test script does."""
-    if not tile:
-        return model(x)
-    H, W = x.shape[-2:]
-    th, tw = min(tile, H), min(tile, W)
-    if not 0 <= overlap < min(th, tw):
-        raise ValueError(f"expected 0 <= --tile-overlap < the tile ({th}x{tw} here), got {overlap}")
-    corners = [(i, j) for i in _starts(H, th, th - overlap) for j in _starts(W, tw, tw - overlap)]
-    out = weight = None
-    from tqdm import tqdm
-
-    for i, j in tqdm(corners, desc="tiles", leave=False, disable=not progress or len(corners) == 1):
-        y = model(x[..., i:i + th, j:j + tw]).float()  # (B, C, s*th, s*tw)
-        if out is None:
-            out = x.new_zeros((x.shape[0], y.shape[1], H * scale, W * scale), dtype=torch.float32)
-            weight = x.new_zeros((1, 1, H * scale, W * scale), dtype=torch.float32)
-        out[..., i * scale:(i + th) * scale, j * scale:(j + tw) * scale] += y
-        weight[..., i * scale:(i + th) * scale, j * scale:(j + tw) * scale] += 1
-    return out / weight
 
 
 def restore_picture(model: nn.Module, pic: Picture, scale: int, in_chans: int, device: torch.device,

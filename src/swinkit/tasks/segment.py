@@ -31,7 +31,8 @@ from ..config import SEG_VARIANTS, UNET_VARIANTS, SegmentationConfig, SwinUNetCo
 from ..data import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, load_image
 from ..factory import create_segmentation_model
 from ..io.files import atomic_write, dumps, plan_outputs
-from ..io.images import draw_legend
+from ..inference.dense import infer
+from ..io.images import default_palette, draw_legend
 from ..models.segmentation import SegmentationModel
 from ..models.unet import SwinUNet
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, autocast, setting
@@ -48,20 +49,6 @@ CAMVID_IGNORE_INDEX = 11
 
 # ----------------------------------------------------------------------------------------------------------
 # classes and palettes
-
-
-def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """n distinct colours: the bits of (index + 1) spread over the high bits of R, G and B (the PASCAL VOC
-    scheme shifted by one, so class 0 is not black)."""
-    out = []
-    for i in range(1, n + 1):
-        r = g = b = 0
-        for k in range(8):
-            r |= ((i >> (3 * k)) & 1) << (7 - k)
-            g |= ((i >> (3 * k + 1)) & 1) << (7 - k)
-            b |= ((i >> (3 * k + 2)) & 1) << (7 - k)
-        out.append((r, g, b))
-    return out
 
 
 @dataclass
@@ -432,58 +419,6 @@ def segmentation_metrics(confusion: torch.Tensor, names: list[str] | None = None
 
 # ----------------------------------------------------------------------------------------------------------
 # inference
-
-
-def _window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Window offsets covering [0, size): every `stride`, the last one flush with the end."""
-    n = max(size - window + stride - 1, 0) // stride + 1
-    return [min(i * stride, size - window) for i in range(n)]
-
-
-def slide_logits(model: nn.Module, x: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, classes, H, W) logits averaged over the windows that cover each pixel. Windows are
-    `window` (h, w), clipped to the image, every `stride`; the last row and column sit at the image's edge."""
-    H, W = x.shape[-2:]
-    wh, ww = min(window[0], H), min(window[1], W)
-    out, count = None, x.new_zeros(1, 1, H, W)
-    for top in _window_starts(H, wh, stride[0]):
-        for left in _window_starts(W, ww, stride[1]):
-            y = model(x[..., top:top + wh, left:left + ww]).float()  # (B, classes, wh, ww)
-            if out is None:
-                out = y.new_zeros(x.shape[0], y.shape[1], H, W)
-            out[..., top:top + wh, left:left + ww] += y
-            count[..., top:top + wh, left:left + ww] += 1
-    return out / count
-
-
-def logits(model: nn.Module, x: torch.Tensor, window: tuple[int, int] | None = None,
-           stride: tuple[int, int] | None = None) -> torch.Tensor:
-    """Whole-image logits, or sliding-window ones when `window` is given (stride defaults to 2/3 of it)."""
-    if window is None:
-        return model(x).float()
-    stride = stride or tuple(max(1, 2 * w // 3) for w in window)
-    return slide_logits(model, x, window, stride)
-
-
-@torch.no_grad()
-def infer(model: nn.Module, x: torch.Tensor, window: tuple[int, int] | None = None,
-          stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,),
-          flip: bool = False) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, classes, H, W) class probabilities. With several `scales` and/or `flip` (the papers'
-    multi-scale "MS" numbers), the softmax of each resized / flipped pass, brought back to (H, W), is averaged."""
-    H, W = x.shape[-2:]
-    total, n = None, 0
-    for s in scales:
-        xs = x if s == 1 else F.interpolate(x, size=(max(1, round(H * s)), max(1, round(W * s))), mode="bilinear",
-                                            align_corners=False)
-        for flipped in ((False, True) if flip else (False,)):
-            y = logits(model, xs.flip(-1) if flipped else xs, window, stride)
-            y = y.flip(-1) if flipped else y
-            if y.shape[-2:] != (H, W):
-                y = F.interpolate(y, size=(H, W), mode="bilinear", align_corners=False)
-            p = y.softmax(1)
-            total, n = (p if total is None else total + p), n + 1
-    return total / n
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from ..data import IMAGENET_MEAN, IMAGENET_STD, load_image
 from ..io.files import dumps
 from ..models.video import VideoSwinTransformer
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, setting
-from .classify import evaluate as evaluate_classification, save_confusion_png
+from ..metrics.classification import evaluate as evaluate_classification, save_confusion_png
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..allocator import tune_cpu_allocator
-from ..cpu import cpu_name
+from ..utils.allocator import tune_cpu_allocator
+from ..utils.cpu import cpu_name
 from ..io.files import atomic_write
 from ..config import ALIASES, SwinConfig
 
@@ -257,7 +257,7 @@ def measure(spec: dict) -> dict:
     and input were built (model_mem_mb: the model's own parameters and buffers); count MACs if asked.
     spec keys: lib, model, img_size, batch_size, dtype, mode, device, threads, compile, warmup, iters, min_time,
     count_macs, swinkit_config, allocator. Meant for a fresh process (see measure_isolated): the peak is per
-    process, and allocator="tuned" changes the process's malloc (swinkit.allocator) before anything is built."""
+    process, and allocator="tuned" changes the process's malloc (swinkit.utils.allocator) before anything is built."""
     if spec.get("allocator") == "tuned":
         tune_cpu_allocator()
     torch.set_num_threads(spec["threads"])
@@ -409,7 +409,7 @@ def benchmark(model: str = "swin_tiny_patch4_window7_224", img_sizes: list[int] 
     """Interleaved, isolated measurements of `libs` (default: every installed one) -> summary rows (COLUMNS).
     Per repeat: the matmul rate, then for each size and mode every library once. A library that fails (no
     equivalent model, out of memory, timeout) is recorded with its error and not retried at that size/mode.
-    allocator: "system" (the C library's defaults) or "tuned" (swinkit.allocator), the same for every library."""
+    allocator: "system" (the C library's defaults) or "tuned" (swinkit.utils.allocator), the same for every library."""
     threads, previous_threads = threads or torch.get_num_threads(), torch.get_num_threads()
     img_sizes = img_sizes or [SwinConfig.from_name(model).img_size[0]]
     libs = list(libs or default_libs(model))

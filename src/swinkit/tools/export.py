@@ -629,7 +629,7 @@ def load_for_export(checkpoint: str | None = None, name: str | None = None):
     """(model, task meta) from a checkpoint or run directory (as `swinkit predict` reads it), or a named variant of
     any family with random weights."""
     if checkpoint is not None:
-        from ..evaluate import load_trained
+        from ..inference.load import load_trained
 
         loaded = load_trained(checkpoint)
         return loaded.model, loaded.meta

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cpu import describe as describe_cpu
+from ..utils.cpu import describe as describe_cpu
 from ..io.files import OutputError, atomic_write, check_outputs, dumps
 from ..io.images import IMG_EXTENSIONS, load_image
 from .export import ExportError, OnnxModel, decode_metadata, preprocess, quiet_exporters

@@ -999,7 +999,7 @@ def _run_receptive_field(args):
 
 def _run_simmim(args):
     """Images through a SimMIM checkpoint: input, masked input, reconstruction, prediction."""
-    from ..evaluate import load_trained
+    from ..inference.load import load_trained
     from ..tasks.pretrain import simmim_plot
 
     loaded = load_trained(args.checkpoint)

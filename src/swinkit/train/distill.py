@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import SwinConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .models.swin import ClassifierHead, SwinTransformer
-from .models.video import VideoSwinTransformer
+from ..config import SwinConfig
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..models.swin import ClassifierHead, SwinTransformer
+from ..models.video import VideoSwinTransformer
 
 DISTILL_KINDS = ("soft", "hard")
 CONFIG_KEY = "distillation_head"  # in a checkpoint's "config": True when the model has a distillation head
@@ -144,7 +144,7 @@ def load_classifier(path: str | Path) -> tuple[SwinTransformer, dict]:
     """(model in eval mode on CPU, {"class_names": list | None, "data": the eval transform or {}}) from a run
     directory (its best.pt), a swinkit classification checkpoint (with or without a distillation head) or any file
     `swinkit.load_model` reads (official, timm, torchvision, Hugging Face, ...)."""
-    from .io.load import load_model
+    from ..io.load import load_model
 
     path = Path(path)
     if path.is_dir() and (path / "best.pt").is_file():

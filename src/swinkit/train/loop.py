@@ -34,11 +34,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from . import __version__
-from .data import SeededSamples
-from .io.files import CheckpointError, atomic_write, read_weights, write_json
-from .tasks import DEFAULT_TASK, TASKS, get_task
-from .tasks.base import AMP_DTYPES, LOOP_SETTINGS, Env, Task, TrainSettings, add_settings_arguments, autocast
+from .. import __version__
+from ..io.files import CheckpointError, atomic_write, read_weights, write_json
+from ..tasks import DEFAULT_TASK, TASKS, get_task
+from .sampling import SeededSamples
+from ..tasks.base import AMP_DTYPES, LOOP_SETTINGS, Env, Task, TrainSettings, add_settings_arguments, autocast
 
 RESUME_FLAGS = {"resume", "workers", "threads"}  # the flags --resume allows: they change only how fast it runs
 GROUP_TITLES = {"run": "run and output", "optim": "optimisation (lrs are per --lr-base-size images, scaled by the "

@@ -1,17 +1,11 @@
-"""Image-folder datasets for training, evaluation and prediction.
-
-An image folder is a tree with one sub-folder per class (torchvision's ImageFolder layout), either as `train/` and
-`val/` sub-folders or as one folder that is split with a fixed seed. Every image becomes RGB (grayscale, alpha,
-palette and 16-bit images are converted), files that do not decode are skipped with a warning and counted, and an
-empty class folder or a val class unknown to train is an error before any training starts. With no data, the
-scikit-learn handwritten digits are written once to a cache folder as such a tree and read the same way.
-"""
+"""Image folders for classification: one sub-folder per class (torchvision's ImageFolder layout), as `train/` and
+`val/` or one folder split with a fixed seed. Every image becomes RGB, files that do not decode are skipped with a
+warning and counted, and an empty class folder, a val class unknown to train or a folder of one class is an error
+before any training starts."""
 from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,19 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import datasets
-from torchvision.transforms import v2
 
-from .io.files import cache_dir
-from .io.images import IMG_EXTENSIONS, load_image
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# image files
+from ..io.images import IMG_EXTENSIONS, load_image
 
 
 def check_image(path: str) -> str | None:
@@ -44,10 +28,6 @@ def check_image(path: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
         return f"{type(e).__name__}: {e}"
     return None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# datasets
 
 
 class ImageFolderDataset(datasets.ImageFolder):
@@ -171,111 +151,3 @@ def _two_classes(ds: ImageFolderDataset, folder: Path) -> None:
         raise ValueError(f"{folder} has {len(ds.classes)} class folder ({', '.join(ds.classes)}): a classifier "
                          "needs two or more, one sub-folder of images per class. For images of one kind without "
                          "labels, pre-train with --task pretrain")
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so each sample's augmentation is drawn from its own seed (seed, epoch, index): the same
-    image gets the same augmentation whatever the worker count, the rank that loads it, or where a resumed run
-    restarts. The caller's RNG state is left untouched."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        g = torch.default_generator  # transforms v2 draw from it; torch.manual_seed would also seed (slowly) CUDA
-        state = g.get_state()
-        g.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-        try:
-            return self.dataset[index]
-        finally:
-            g.set_state(state)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# transforms
-
-
-class RandAugmentMstd(v2.RandAugment):
-    """torchvision RandAugment whose magnitude is drawn per image from N(magnitude, mstd), rounded and clipped to
-    the bins, as timm's `rand-m9-mstd0.5`."""
-
-    def __init__(self, num_ops: int = 2, magnitude: int = 9, mstd: float = 0.5, **kwargs):
-        super().__init__(num_ops=num_ops, magnitude=magnitude, **kwargs)
-        self.mean_magnitude, self.mstd = magnitude, mstd
-
-    def forward(self, *inputs):
-        if self.mstd > 0:
-            m = round(self.mean_magnitude + self.mstd * torch.randn(()).item())
-            self.magnitude = min(max(m, 0), self.num_magnitude_bins - 1)
-        return super().forward(*inputs)
-
-
-def train_transform(img_size: int, scale=(0.08, 1.0), hflip: float = 0.5, randaug_n: int = 2,
-                    randaug_m: int = 9, randaug_mstd: float = 0.5, reprob: float = 0.25,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    """PIL image -> (3, img_size, img_size) float tensor: random resized crop, flip, RandAugment, normalise,
-    random erasing (the official Swin recipe; 0 disables a step)."""
-    bicubic = v2.InterpolationMode.BICUBIC
-    steps = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=bicubic)]
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    if randaug_n > 0:
-        steps.append(RandAugmentMstd(randaug_n, randaug_m, randaug_mstd, fill=[round(255 * m) for m in mean]))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if reprob > 0:
-        steps.append(v2.RandomErasing(reprob, value="random"))
-    return v2.Compose(steps)
-
-
-def eval_transform(img_size: int, crop_pct: float = 0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    """PIL image -> (3, H, W): resize the short side to img_size / crop_pct (or (H, W) / crop_pct for a pair),
-    centre crop to img_size."""
-    resize = int(img_size / crop_pct) if isinstance(img_size, int) else [int(s / crop_pct) for s in img_size]
-    return v2.Compose([
-        v2.ToImage(), v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC),
-        v2.CenterCrop(img_size), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
-def mixup_cutmix(num_classes: int, mixup: float = 0.8, cutmix: float = 1.0, switch_prob: float = 0.5):
-    """Batch transform (x, y) -> (mixed x, (B, num_classes) soft targets): MixUp or CutMix, chosen with
-    `switch_prob` for CutMix when both are on. None when both alphas are 0."""
-    ops = [(v2.MixUp(alpha=mixup, num_classes=num_classes), 1.0 - switch_prob)] if mixup > 0 else []
-    ops += [(v2.CutMix(alpha=cutmix, num_classes=num_classes), switch_prob)] if cutmix > 0 else []
-    if len(ops) < 2:
-        return ops[0][0] if ops else None
-    return v2.RandomChoice([t for t, _ in ops], p=[p for _, p in ops])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the embedded default: scikit-learn's handwritten digits
-
-
-def digits_folder(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> Path:
-    """The 1,797 8x8 handwritten digits bundled with scikit-learn (17 gray levels) as an image folder
-    `<root>/digits/{train,val}/<digit>/<n>.png`, written once (atomically) and reused. Returns the folder."""
-    from sklearn.datasets import load_digits
-
-    out = Path(root or cache_dir()) / "digits"
-    if (out / "train").is_dir() and (out / "val").is_dir():
-        return out
-    digits = load_digits()
-    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), values 0..16 -> 0..255
-    split = split_indices(digits.target.tolist(), val_fraction, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".digits-"))
-    for name, indices in zip(("train", "val"), split):
-        for i in indices:
-            folder = tmp / name / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels[i]).save(folder / f"{i:04d}.png")
-    try:
-        os.rename(tmp, out)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(tmp)
-    return out

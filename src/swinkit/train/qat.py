@@ -30,7 +30,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from .tools.quantize import REDUCE_RANGE
+from ..tools.quantize import REDUCE_RANGE
 
 # the last name part of the Linear layers fake-quantized inside a Swin, besides everything under `head`
 QAT_LAYERS = ("qkv", "proj", "fc1", "fc2", "reduction")

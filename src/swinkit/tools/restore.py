@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .tasks.base import AMP_DTYPES
-from .tasks.restore import (KINDS, add_tile_arguments, check_model_fits, default_model, load_restoration_model,
+from ..tasks.base import AMP_DTYPES
+from ..tasks.restore import (KINDS, add_tile_arguments, check_model_fits, default_model, load_restoration_model,
                             restoration_meta, restore_files)
 
 
@@ -39,9 +39,9 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     if args.checkpoint:
         model, meta = load_restoration_model(args.checkpoint)
     else:
-        from .factory import create_restoration_model
+        from ..factory import create_restoration_model
 
-        from .io.hub import RESTORATION_PRETRAINED
+        from ..io.hub import RESTORATION_PRETRAINED
 
         kind = args.task or "sr"
         name = args.model or default_model(kind, args.scale or (2 if kind == "sr" else 1), args.sigma or 25,
