@@ -246,9 +246,10 @@ def write_safetensors(sd: dict, path: Path, metadata: dict | None = None) -> Non
 
 
 def save_state_dict(sd: dict, cfg, path, class_names: list[str] | None = None, meta: dict | None = None) -> None:
-    """swinkit checkpoint of a model whose config is `cfg` (any swinkit config dataclass): `path` (.safetensors, config in its metadata) and `<stem>.json` (config) beside it.
-    `meta`: a training checkpoint's task meta (task_meta), kept in the metadata as "swinkit_task" so that eval and
-    predict use the file as they use the run (same preprocessing, class names, task)."""
+    """swinkit's checkpoint of a model whose config is `cfg` (any swinkit config dataclass): `path` (.safetensors,
+    config in its metadata) and `<stem>.json` (config) beside it. `meta`: a training checkpoint's task meta
+    (io.load.task_meta), kept in the metadata as "swinkit_task" so that eval and predict use the file as they use the
+    run (same preprocessing, class names, task)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"swinkit checkpoints are .safetensors files; got {path.name!r} "

@@ -16,6 +16,7 @@ them. The families' tables live in swinkit/io/formats/.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -165,3 +166,14 @@ def apply_key_map(sd: dict, rules: list[Rule], src: str, ctx_src: dict, ctx_dst:
 
 def listing(keys: list[str]) -> str:
     return ", ".join(keys[:12]) + (f" ... (+{len(keys) - 12} more)" if len(keys) > 12 else "")
+
+
+def report_unknown(unknown: list[str], what: str, hint: str, strict: bool, stacklevel: int = 4) -> None:
+    """Keys of a `what` checkpoint that no rule explains: a ValueError listing them (after `hint`, a question about
+    the file ending in a space, or ""), or with strict=False a warning that they were skipped."""
+    if not unknown:
+        return
+    msg = f"{len(unknown)} keys of this {what} checkpoint have no place in swinkit: {listing(unknown)}"
+    if strict:
+        raise ValueError(f"{msg}. {hint}To skip them, load with strict=False.")
+    warnings.warn(msg + " (skipped)", stacklevel=stacklevel)

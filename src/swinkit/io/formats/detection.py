@@ -23,7 +23,7 @@ import torch
 
 from ...config import DET_VARIANTS, DetectionConfig, SwinConfig
 from ..files import CheckpointError, atomic_write, write_json, write_safetensors
-from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..keymap import Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
 from .segmentation import BACKBONE_TEMPLATES, SEG_BACKBONES, split_overrides
 from .swin import STRUCTURE, consistent, from_swinkit, import_state_dict, infer_config
@@ -141,12 +141,8 @@ def detection_to_swinkit(sd: dict, strict: bool = True) -> tuple[str, dict, list
     if fmt == "swinkit":
         return fmt, dict(sd), []
     out, _, dropped, unknown = _import(sd, fmt)
-    if unknown:
-        msg = f"{len(unknown)} keys of this {fmt} detection checkpoint have no place in swinkit: {listing(unknown)}"
-        if strict:
-            raise ValueError(msg + ". Is it a Mask / Faster / Cascade R-CNN, RetinaNet or FCOS checkpoint with a Swin "
-                                   "backbone and an FPN neck? To skip them, load with strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=2)
+    report_unknown(unknown, f"{fmt} detection", "Is it a Mask / Faster / Cascade R-CNN, RetinaNet or FCOS checkpoint "
+                   "with a Swin backbone and an FPN neck? ", strict, stacklevel=3)
     if dropped:
         _warn_dropped(dropped, fmt, FPN + "extra_blocks.p7.weight" in out)
     return fmt, out, dropped

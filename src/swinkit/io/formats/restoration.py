@@ -27,7 +27,7 @@ from ...config import SWINIR_VARIANTS, SwinIRConfig
 from ...models.swinir import SwinIR
 from ...nn.windows import attention_mask, relative_position_index
 from ..files import CheckpointError, save_state_dict, write_converted
-from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..keymap import Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..hub import download_pretrained
 from ..raw import RawCheckpoint, read_raw
 from .swin import B, BUFFERS, Checkpoint, check_architecture, check_overrides, check_shapes
@@ -133,13 +133,8 @@ def swinir_to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> 
         raise ValueError(f"unknown SwinIR format {src!r}; choose one of {', '.join(FORMATS)}")
     tried = [_import(sd, f, h) for f, h in _candidates() if src in (None, f)]
     imp = min(tried, key=lambda i: len(i.unknown))  # ties go to the first (swinkit before official)
-    if imp.unknown:
-        msg = f"{len(imp.unknown)} keys of this {imp.format} SwinIR checkpoint have no place in swinkit: " \
-              f"{listing(imp.unknown)}"
-        if strict:
-            raise ValueError(msg + ". Is it a SwinIR / Swin2SR checkpoint of that format? To skip them, load with "
-                                   "strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=3)
+    report_unknown(imp.unknown, f"{imp.format} SwinIR", "Is it a SwinIR / Swin2SR checkpoint of that format? ",
+                   strict)
     return imp
 
 

@@ -18,7 +18,7 @@ from ...config import SEG_VARIANTS, SegmentationConfig, SwinConfig
 from ...models.backbone import SwinBackbone
 from ...models.segmentation import SegmentationModel
 from ..files import CheckpointError
-from ..keymap import Format, Layout, apply_key_map, expand_rules, listing
+from ..keymap import Format, Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
 from ..files import save_state_dict, write_converted
 from .swin import (HF, MMDET, STRUCTURE, SWINKIT, TEMPLATES, Checkpoint, Imported, check_shapes, consistent,
@@ -160,13 +160,8 @@ def segmentation_to_swinkit(sd: dict, src: str | None = None, strict: bool = Tru
     """Import a segmentation state dict (format detected when `src` is None). Keys no map explains are an error
     listing them, or with strict=False a warning."""
     imp = import_segmentation(sd, src or detect_segmentation_format(sd))
-    if imp.unknown:
-        msg = (f"{len(imp.unknown)} keys of this {imp.format} segmentation checkpoint have no place in swinkit: "
-               f"{listing(imp.unknown)}")
-        if strict:
-            raise ValueError(msg + ". Is it a UPerNet / semantic FPN Swin checkpoint of that format? To skip them, "
-                                   "load with strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=3)
+    report_unknown(imp.unknown, f"{imp.format} segmentation",
+                   "Is it a UPerNet / semantic FPN Swin checkpoint of that format? ", strict)
     return imp
 
 

@@ -26,7 +26,7 @@ from ...models.video import VideoSwinTransformer
 from ...nn.windows import attention_mask, log_spaced_coords, relative_position_index, window_and_shift
 from ..files import CheckpointError, save_state_dict, write_converted
 from ..hub import download_pretrained
-from ..keymap import T, Format, Layout, apply_key_map, expand_rules, listing
+from ..keymap import Format, Layout, T, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
 
 
@@ -269,12 +269,7 @@ def to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> Importe
     """Import a state dict (format detected when `src` is None). Keys no rule explains are an error listing
     them, or with strict=False a warning."""
     imp = import_state_dict(sd, src or detect_format(sd))
-    if imp.unknown:
-        msg = (f"{len(imp.unknown)} keys of this {imp.format} checkpoint have no place in swinkit: "
-               f"{listing(imp.unknown)}")
-        if strict:
-            raise ValueError(msg + ". Is it a Swin checkpoint of that format? To skip them, load with strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=3)
+    report_unknown(imp.unknown, imp.format, "Is it a Swin checkpoint of that format? ", strict)
     if imp.ignored:
         warnings.warn(f"dropped {len(imp.ignored)} {imp.format} keys outside the Swin backbone or without a "
                       f"swinkit equivalent: {listing(imp.ignored)}", stacklevel=3)

@@ -24,7 +24,7 @@ import torch
 from ...config import UNET_VARIANTS, SwinConfig, SwinUNetConfig
 from ...models.unet import SwinUNet
 from ..files import write_converted
-from ..keymap import Rule, apply_key_map, listing
+from ..keymap import Rule, apply_key_map, listing, report_unknown
 from .swin import (GEOMETRY, STRUCTURE, effective_windows, from_swinkit, from_weights, import_state_dict, listed)
 
 WRAPPERS = ("model", "state_dict")  # dict keys a training script saves the state dict under
@@ -217,12 +217,7 @@ def _to_swinkit(sd: dict, strict: bool) -> ImportedUNet:
     if detect_unet_format(sd) == "swinkit":
         return ImportedUNet(sd, {}, [])
     imp = official_to_swinkit(sd)
-    if imp.unknown:
-        msg = f"{len(imp.unknown)} keys of this official Swin-UNet checkpoint have no place in swinkit: " \
-              f"{listing(imp.unknown)}"
-        if strict:
-            raise ValueError(msg + ". To skip them, load with strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=3)
+    report_unknown(imp.unknown, "official Swin-UNet", "", strict)
     return imp
 
 

@@ -21,7 +21,7 @@ from ...config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
 from ...models.video import VideoSwinTransformer
 from ...nn.windows import relative_position_index
 from ..files import CheckpointError, save_state_dict, write_converted
-from ..keymap import Layout, apply_key_map, expand_rules, listing
+from ..keymap import Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
 from ..hub import download_pretrained
 from .segmentation import is_segmentation_state_dict
@@ -119,13 +119,7 @@ def video_to_swinkit(sd: dict, src: str | None = None, strict: bool = True) -> V
         raise ValueError("not a Video Swin state dict: expected a 5-D patch_embed.proj.weight (a Conv3d over "
                          f"t x p x p patches); its first keys are: {listing(list(sd)[:5])}")
     imp = import_video(sd, src or detect_video_format(sd))
-    if imp.unknown:
-        msg = (f"{len(imp.unknown)} keys of this {imp.format} Video Swin checkpoint have no place in swinkit: "
-               f"{listing(imp.unknown)}")
-        if strict:
-            raise ValueError(msg + ". Is it a Video Swin checkpoint of that format? To skip them, load with "
-                                   "strict=False.")
-        warnings.warn(msg + " (skipped)", stacklevel=3)
+    report_unknown(imp.unknown, f"{imp.format} Video Swin", "Is it a Video Swin checkpoint of that format? ", strict)
     return imp
 
 
