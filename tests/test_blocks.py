@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from swinkit import SwinTransformer
-from swinkit.nn import blocks as B
+from swinkit.nn.mixers import window as WM
 from swinkit.nn import windows as M
 
 from conftest import randomize_, tiny_config
@@ -47,7 +47,8 @@ def test_chunked_attention_matches_reference(version):
     ref, chunked = _pair(version, chunk_mb=0.01)  # ~10 KB: a few windows per attention call
     calls = []
     blk = chunked.layers[0].blocks[1]
-    blk.attn.register_forward_hook(lambda *_: calls.append("grad path"))  # one call per chunk of windows
+    attend = blk.attn.attend_windows
+    blk.attn.attend_windows = lambda *a, **k: (calls.append("grad path"), attend(*a, **k))[1]  # one call per chunk
     blk.mlp.register_forward_hook(lambda *_: calls.append("inference path"))  # one call per chunk of windows
     x = torch.randn(2, 3, 97, 33)  # stage 0: 25x9 map -> 7x3 = 21 windows of 4x4
     with torch.no_grad():
@@ -66,7 +67,7 @@ def test_windowed_inference_path_matches_reference(version, mode, tokens, monkey
     """The inference path runs whole blocks per chunk of windows (grouped by mask and padding pattern across the
     batch, with a shorter last chunk per group) and writes tokens back in place; the result equals the plain
     path, in both window modes (pad: padded tokens are attended as zeros after norm1, as in the plain path)."""
-    monkeypatch.setattr(B, "INFER_CHUNK_TOKENS", tokens)
+    monkeypatch.setattr(WM, "INFER_CHUNK_TOKENS", tokens)
     ref, fast = _pair(version, window_mode=mode)
     for size in SIZES:
         x = torch.randn(3, 3, *size)
@@ -77,7 +78,7 @@ def test_windowed_inference_path_matches_reference(version, mode, tokens, monkey
 def test_token_chunks_are_for_cpu_only(monkeypatch):
     """CPU inference takes INFER_CHUNK_TOKENS tokens of windows per block call; other devices (here: meta) take
     each mask group whole while it fits chunk_mb."""
-    monkeypatch.setattr(B, "INFER_CHUNK_TOKENS", 16)  # one 4x4 window per call on CPU
+    monkeypatch.setattr(WM, "INFER_CHUNK_TOKENS", 16)  # one 4x4 window per call on CPU
     model = SwinTransformer(tiny_config(inference_path="windows")).eval()
     calls = []
     model.layers[0].blocks[0].mlp.register_forward_hook(lambda *_: calls.append(1))  # unshifted: one mask group
@@ -216,21 +217,21 @@ def test_inference_path_is_explicit_and_shown_in_repr(monkeypatch):
     assert "inference_path='auto'" in repr(model).splitlines()[1] and "inference_path='auto'" in repr(blk)
     small, big = torch.randn(1, 16, 16, 16), torch.randn(64, 32, 32, 16)  # 4096 and 1M elements
     with torch.no_grad():
-        assert blk.inference_path_for(small) == "plain" and blk.inference_path_for(big) == "windows"
-        low = blk.inference_path_for(big.bfloat16()), blk.inference_path_for(big.to("meta"))
+        assert blk.attn.inference_path_for(small) == "plain" and blk.attn.inference_path_for(big) == "windows"
+        low = blk.attn.inference_path_for(big.bfloat16()), blk.attn.inference_path_for(big.to("meta"))
         assert low == ("plain", "plain")  # bfloat16: the crossover comes later; not CPU: plain
         model.set_inference_path("windows")
-        assert blk.inference_path_for(small) == "windows" and "inference_path='windows'" in repr(blk)
+        assert blk.attn.inference_path_for(small) == "windows" and "inference_path='windows'" in repr(blk)
         model.set_inference_path("plain")
-        assert blk.inference_path_for(big) == "plain"
+        assert blk.attn.inference_path_for(big) == "plain"
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
         model.set_inference_path("windows")
-        assert blk.inference_path_for(big) == "plain"  # compile, tracing and export: always the plain path
+        assert blk.attn.inference_path_for(big) == "plain"  # compile, tracing and export: always the plain path
         monkeypatch.undo()
-    assert blk.inference_path_for(big) == "plain"  # autograd on: training's path
+    assert blk.attn.inference_path_for(big) == "plain"  # autograd on: training's path
     model.train()
     with torch.no_grad():
-        assert blk.inference_path_for(big) == "plain"
+        assert blk.attn.inference_path_for(big) == "plain"
     with pytest.raises(ValueError, match=r"inference_path must be one of \('auto', 'windows', 'plain'\), "
                                          r"got 'fast'"):
         model.set_inference_path("fast")

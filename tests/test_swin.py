@@ -88,7 +88,7 @@ def reference_window_attention(block: SwinBlock, x: torch.Tensor) -> torch.Tenso
     """Slow reference of a block's (S)W-MSA on (B, H, W, C): loop over windows of the padded, rolled map; every
     real query attends only to real keys of its own shift region (padding never attended)."""
     B, H, W, C = x.shape
-    win, shift = M.window_and_shift((H, W), block.window, block.shift)
+    win, shift = M.window_and_shift((H, W), block.attn.window, block.attn.shift)
     Hp, Wp = math.ceil(H / win[0]) * win[0], math.ceil(W / win[1]) * win[1]
     xp = torch.zeros(B, Hp, Wp, C)
     xp[:, :H, :W] = x
@@ -127,14 +127,14 @@ def test_padded_windows_match_slow_reference(version, size, shifted):
     block = model.layers[0].blocks[1 if shifted else 0]
     x = torch.randn(2, *size, 16)
     with torch.no_grad():
-        assert (block._attention(x) - reference_window_attention(block, x)).abs().max() <= 1e-5
+        assert (block.attn(x) - reference_window_attention(block, x)).abs().max() <= 1e-5
 
 
 def test_padding_never_reaches_real_tokens():
     """Garbage in the padded area cannot change real tokens: the mask removes padded keys entirely."""
     block = randomize_(SwinTransformer(tiny_config())).layers[0].blocks[1]
     x = torch.randn(1, 5, 7, 16)
-    win, shift = M.window_and_shift((5, 7), block.window, block.shift)
+    win, shift = M.window_and_shift((5, 7), block.attn.window, block.attn.shift)
     mask = M.attention_mask((5, 7), win, shift, x.device)
     assert mask is not None and torch.isinf(mask).any() and (mask == M.REGION_MASK).any()
     # a 5x7 map padded to 8x8: exactly 64 - 35 padded key columns are -inf in every query row they touch
@@ -317,9 +317,9 @@ def test_forward_features_and_pyramid():
 
 def test_ablation_switches():
     no_shift = SwinTransformer(tiny_config(shift=False))
-    assert not any(blk.shift for blk in no_shift.blocks())
-    assert no_shift.blocks()[1].attention_mask(8, 8, torch.device("cpu")) is None
-    assert SwinTransformer(tiny_config()).blocks()[1].attention_mask(8, 8, torch.device("cpu")) is not None
+    assert not any(blk.attn.shift for blk in no_shift.blocks())
+    assert no_shift.blocks()[1].attn.attention_mask(8, 8, torch.device("cpu")) is None
+    assert SwinTransformer(tiny_config()).blocks()[1].attn.attention_mask(8, 8, torch.device("cpu")) is not None
     none = SwinTransformer(tiny_config(pos_embed="none"))
     assert not any("relative_position" in n or "pos_embed" in n for n, _ in none.named_parameters())
     absolute = SwinTransformer(tiny_config(pos_embed="absolute"))
@@ -331,7 +331,7 @@ def test_ablation_switches():
 def test_non_square_and_per_stage_windows():
     model = SwinTransformer(tiny_config(window_size=[(2, 4), 4, (3, 5)])).eval()
     assert model.layers[0].blocks[0].attn.relative_position_bias_table.shape == (3 * 7, 2)
-    assert model.blocks()[1].attention_mask(16, 16, torch.device("cpu")).shape == (32, 8, 8)
+    assert model.blocks()[1].attn.attention_mask(16, 16, torch.device("cpu")).shape == (32, 8, 8)
     assert torch.isfinite(model(torch.randn(1, 3, 64, 52))).all()
 
 

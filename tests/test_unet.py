@@ -217,7 +217,7 @@ def test_window_modes_agree_where_nothing_is_padded():
     model = tiny_model()
     padded = SwinUNet(tiny(window_mode="pad")).eval()
     padded.load_state_dict(model.state_dict())
-    assert {blk.window_mode for blk in padded.decoder_blocks()} == {"pad"}
+    assert {blk.attn.window_mode for blk in padded.decoder_blocks()} == {"pad"}
     with torch.no_grad():
         x = torch.randn(1, 3, 64, 64)
         assert (model(x) - padded(x)).abs().max() <= 1e-6 * model(x).abs().max()

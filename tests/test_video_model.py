@@ -141,7 +141,7 @@ def test_padded_keys_get_no_attention():
     with torch.no_grad():
         model(x)
     feat = (2, 5, 7)
-    win, shift = blk.window_and_shift(*feat)
+    win, shift = blk.attn.window_and_shift(*feat)
     pad = W.window_padding(feat, win, shift, CPU)  # (nW, N)
     attn = blk.attn.last_attn[0]  # (nW, h, N, N)
     assert pad.any()
@@ -166,8 +166,8 @@ def test_any_clip_size_and_shapes():
 
 def test_window_is_clamped_and_shift_dropped_per_axis():
     blk = _tiny(window_size=(8, 7, 7)).layers[0].blocks[1]
-    assert blk.window_and_shift(4, 10, 7) == ((4, 7, 7), (0, 3, 0))
-    assert blk.window_and_shift(9, 7, 20) == ((8, 7, 7), (4, 0, 3))
+    assert blk.attn.window_and_shift(4, 10, 7) == ((4, 7, 7), (0, 3, 0))
+    assert blk.attn.window_and_shift(9, 7, 20) == ((8, 7, 7), (4, 0, 3))
 
 
 def test_input_errors_are_exact():
@@ -215,7 +215,7 @@ def test_video_window_and_mask_figures_come_from_the_blocks():
     for key in ("regular", "shifted"):  # every window holds exactly N tokens
         assert torch.equal(torch.bincount(d[key].flatten()), torch.full((32,), 18))
     m = viz.video_mask_data(model, (6, 40, 44), stage=0)
-    assert m["mask"] is model.layers[0].blocks[1].attention_mask(3, 10, 11, CPU)
+    assert m["mask"] is model.layers[0].blocks[1].attn.attention_mask(3, 10, 11, CPU)
     m = viz.video_mask_data(model, (8, 48, 48), stage=0)  # tokens (4, 12, 12): no padding
     assert len(m["labels"][m["window_index"]].unique()) == 8  # 2^3 regions meet in the corner window
     fig, _ = viz.video_windows(model, (6, 40, 44))

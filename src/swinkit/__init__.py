@@ -8,10 +8,12 @@ import importlib
 
 __version__ = "0.1.0"
 _EXPORTS = {  # module (relative to swinkit) -> the names it provides here
-    ".config": ["DetectionConfig", "SegmentationConfig", "SwinConfig", "SwinIRConfig", "SwinUNetConfig",
-                "VideoSwinConfig", "list_detection_models", "list_models", "list_restoration_models",
-                "list_segmentation_models", "list_video_models"],
+    ".config": ["CSWinConfig", "DetectionConfig", "PoolFormerConfig", "SegmentationConfig", "SwinConfig",
+                "SwinIRConfig", "SwinUNetConfig", "VideoSwinConfig", "list_detection_models", "list_models",
+                "list_restoration_models", "list_segmentation_models", "list_video_models"],
     ".models.swin": ["SwinTransformer"],
+    ".models.cswin": ["CSWinTransformer"],
+    ".models.poolformer": ["PoolFormer"],
     ".models.backbone": ["SwinBackbone"],
     ".models.segmentation": ["SegmentationModel"],
     ".models.unet": ["SwinUNet"],

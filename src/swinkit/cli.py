@@ -36,6 +36,8 @@ COMMANDS = {  # name -> (module, help)
     "convert": ("swinkit.io.load", "convert a checkpoint between formats"),
     "bench": ("swinkit.tools.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),
     "viz": ("swinkit.tools.viz", "draw windows, masks, position bias, attention, receptive field, complexity"),
+    "ablate": ("swinkit.tools.ablate", "train a grid of configurations with the same recipe, seeds and budget: table"),
+    "search": ("swinkit.tools.search", "successive halving over per-stage window sizes under a FLOPs budget"),
 }
 
 

@@ -10,8 +10,12 @@ from typing import Any, ClassVar
 POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
 # the fields that make a variant what it is (a config keeps its variant's name while they match)
 IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
-                   "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans")
+                   "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans", "mixer", "dims", "stem",
+                   "patch_norm", "merge", "norm", "layer_scale", "split_size", "pool_size", "conv_kernel", "hub_tokens")
 WINDOW_MODES = ("clamp", "pad")
+STEMS = ("patch", "overlap")  # patch: p x p patches (Swin); overlap: a (2p-1) x (2p-1) conv, stride p (CSWin, PoolFormer)
+MERGES = ("patch", "conv")  # patch: 2x2 patch merging (Swin); conv: 3x3 stride-2 conv (CSWin, PoolFormer)
+NORMS = ("layernorm", "groupnorm")  # groupnorm: one group over the whole map (PoolFormer)
 INFERENCE_PATHS = ("auto", "windows", "plain")
 CLAMPED_BIAS = ("offsets", "prefix")
 
@@ -73,6 +77,19 @@ class SwinConfig:
     # auto = windows on CPU for blocks of >= WINDOWS_MIN_TOKENS tokens, plain elsewhere. Training, torch.compile,
     # tracing and export always take the plain path.
     inference_path: str = "auto"
+    # the token mixer, one name or one per stage (swinkit.nn.mixers lists them): shifted_window (Swin), window (no
+    # shift), global, cswin, axial, neighborhood, hub, cluster, pool, dwconv, identity
+    mixer: Any = "shifted_window"
+    dims: Any = None  # per-stage widths; None: embed_dim * 2**i
+    stem: str = "patch"
+    patch_norm: bool = True  # a LayerNorm after the stem (and after conv merging)
+    merge: str = "patch"
+    norm: str = "layernorm"  # the blocks' and the final norm
+    layer_scale: float | None = None  # per-channel residual scales, initialised to this (PoolFormer: 1e-5)
+    split_size: Any = 7  # cswin: stripe width, int or one per stage (0: half the stage's map at run time)
+    pool_size: int = 3  # pool: average-pool kernel
+    conv_kernel: int = 7  # dwconv: depthwise kernel
+    hub_tokens: int = 4  # hub: global tokens every window reads and writes
 
     ndim: ClassVar[int] = 2  # axes of the input and of every window: 2 (H, W) here, 3 (T, H, W) for video
 
@@ -86,6 +103,26 @@ class SwinConfig:
                 f"depths and num_heads need one entry per stage and equal length, "
                 f"got depths={self.depths} num_heads={self.num_heads}")
         self.window_size = _per_stage(self.window_size, n, "window_size", self.ndim)
+        if not isinstance(self.mixer, str) and len(set(self.mixer)) == 1:  # one name (kept when depths change)
+            self.mixer = self.mixer[0]
+        self.mixer = (self.mixer,) * n if isinstance(self.mixer, str) else tuple(self.mixer)
+        if len(self.mixer) != n:
+            raise ValueError(f"mixer: expected one name or one per stage ({n}), got {len(self.mixer)}: {self.mixer!r}")
+        if not isinstance(self.split_size, int) and len(set(self.split_size)) == 1:
+            self.split_size = self.split_size[0]
+        self.split_size = (int(self.split_size),) * n if isinstance(self.split_size, int) else \
+            tuple(int(s) for s in self.split_size)
+        if len(self.split_size) != n or min(self.split_size) < 0:
+            raise ValueError(f"split_size: expected one int >= 0 (0: half the map) or one per stage ({n}), got "
+                             f"{self.split_size!r}")
+        if self.dims is not None:
+            self.dims = tuple(int(d) for d in self.dims)
+            if len(self.dims) != n:
+                raise ValueError(f"dims: expected one width per stage ({n}), got {self.dims!r}")
+        for field_, value, choices in (("stem", self.stem, STEMS), ("merge", self.merge, MERGES),
+                                       ("norm", self.norm, NORMS)):
+            if value not in choices:
+                raise ValueError(f"{field_} must be one of {choices}, got {value!r}")
         self.pretrained_window_sizes = _per_stage(self.pretrained_window_sizes, n, "pretrained_window_sizes",
                                                   self.ndim)
         if self.version not in (1, 2):
@@ -98,11 +135,10 @@ class SwinConfig:
             raise ValueError(f"clamped_bias must be one of {CLAMPED_BIAS}, got {self.clamped_bias!r}")
         if self.pos_embed not in POS_EMBED_CHOICES:
             raise ValueError(f"pos_embed must be one of {POS_EMBED_CHOICES}, got {self.pos_embed!r}")
-        for i, (d, h) in enumerate(zip(self.depths, self.num_heads)):
-            dim = self.embed_dim * 2**i
+        for i, (d, h, dim) in enumerate(zip(self.depths, self.num_heads, self.stage_dims)):
             if d < 1 or h < 1 or dim % h:
                 raise ValueError(
-                    f"stage {i}: width embed_dim*2**{i}={dim} must be divisible by num_heads[{i}]={h} "
+                    f"stage {i}: width {dim} must be divisible by num_heads[{i}]={h} "
                     f"and depth must be >= 1 (got depth {d})")
         if min(min(w) for w in self.window_size) < 1 or min(self.patch) < 1 or self.in_chans < 1:
             raise ValueError("window_size, patch_size and in_chans must be >= 1")
@@ -120,8 +156,10 @@ class SwinConfig:
         windows = {w for w in self.window_size}
         window = "-".join(str(w[0]) if w[0] == w[1] else f"{w[0]}x{w[1]}" for w in
                           (self.window_size if len(windows) > 1 else self.window_size[:1]))
+        mixers = "" if set(self.mixer) == {"shifted_window"} else \
+            f", mixer {'-'.join(self.mixer) if len(set(self.mixer)) > 1 else self.mixer[0]}"
         return (f"custom Swin V{self.version}: patch {self.patch_size}, window {window}, C {self.embed_dim}, depths "
-                f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}"
+                f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}{mixers}"
                 + (f", {size}" if with_size else ""))
 
     @property
@@ -130,8 +168,21 @@ class SwinConfig:
         return _pair(self.patch_size, self.ndim)
 
     @property
+    def swin_skeleton(self) -> bool:
+        """Whether this is a Swin (window mixers, patch stem and merging, LayerNorm, no layer scale): the models
+        whose checkpoints the peers' layouts (official, timm, torchvision, transformers) can hold."""
+        return (set(self.mixer) <= {"shifted_window", "window"} and self.stem == "patch" and self.merge == "patch"
+                and self.norm == "layernorm" and self.layer_scale is None and self.patch_norm
+                and self.stage_dims == tuple(self.embed_dim * 2**i for i in range(len(self.depths))))
+
+    @property
+    def stage_dims(self) -> tuple[int, ...]:
+        """The width of each stage: `dims`, or embed_dim doubling per stage."""
+        return self.dims or tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+    @property
     def num_features(self) -> int:
-        return self.embed_dim * 2 ** (len(self.depths) - 1)
+        return self.stage_dims[-1]
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "SwinConfig":
@@ -773,3 +824,141 @@ SWINIR_VARIANTS: dict[str, dict] = {
 
 def list_restoration_models() -> list[str]:
     return list(SWINIR_VARIANTS)
+
+
+# ==========================================================================================================
+# CSWin Transformer (Dong et al., CVPR 2022) and PoolFormer (Yu et al., CVPR 2022): SwinConfig's skeleton with another
+# token mixer, stem, merging and norm (models/cswin.py, models/poolformer.py)
+
+
+def _from_table(cls, table: dict, name: str, overrides: dict):
+    """cls with table[name]'s config and `overrides`; an unknown name or field is an error listing the valid ones."""
+    if name not in table:
+        raise ValueError(f"unknown {cls.family} model {name!r}; choose one of {list(table)}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(overrides) - set(valid)
+    if unknown:
+        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {valid}")
+    return cls(**{**table[name]["config"], "name": name, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _variant_name(cfg: SwinConfig, table: dict, with_size: bool) -> str | None:
+    """cfg's variant name ("cswin_tiny_224", "cswin_tiny_224 at 64x64") while its architecture is the variant's."""
+    if cfg.name not in table:
+        return None
+    ref = type(cfg).from_name(cfg.name)
+    if any(getattr(cfg, f) != getattr(ref, f) for f in IDENTITY_FIELDS):
+        return None
+    size = "x".join(map(str, cfg.img_size))
+    return cfg.name if cfg.img_size == ref.img_size or not with_size else f"{cfg.name} at {size}"
+
+
+def _dashed(values) -> str:
+    return "-".join(map(str, values))
+
+
+@dataclass
+class CSWinConfig(SwinConfig):
+    """A CSWin Transformer: a 7x7 stride-4 conv stem and 3x3 stride-2 conv merging, each followed by a LayerNorm, and
+    cross-shaped window attention with LePE in every block (the "cswin" mixer: half of the heads in vertical stripes
+    `split_size` wide, half in horizontal ones; one branch over the whole map in the last stage). Widths double per
+    stage from embed_dim. A split_size of 0 is half the stage's map at run time, the rule by which the official
+    configurations scale it (stage 3: 7 of 14 at 224, 12 of 24 at 384); swinkit uses it for a checkpoint whose split
+    sizes are not known (swinkit.io.formats.cswin)."""
+
+    family: ClassVar[str] = "CSWin"
+    embed_dim: int = 64
+    depths: tuple[int, ...] = (1, 2, 21, 1)
+    num_heads: tuple[int, ...] = (2, 4, 8, 16)
+    split_size: Any = (1, 2, 7, 7)
+    mixer: Any = "cswin"
+    stem: str = "overlap"
+    merge: str = "conv"
+    pos_embed: str = "none"
+    drop_path_rate: float = 0.2
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "CSWinConfig":
+        return _from_table(cls, CSWIN_VARIANTS, name, overrides)
+
+    def describe(self, with_size: bool = True) -> str:
+        split = _dashed(s or "half" for s in self.split_size)
+        return _variant_name(self, CSWIN_VARIANTS, with_size) or (
+            f"custom CSWin: C {self.embed_dim}, depths {_dashed(self.depths)}, heads {_dashed(self.num_heads)}, split "
+            f"{split}" + (f", {'x'.join(map(str, self.img_size))}" if with_size else ""))
+
+
+def _cswin(c, depths, heads, split=(1, 2, 7, 7), img=224, params=None, gmacs=None, top1=None, **kw) -> dict:
+    """A CSWIN_VARIANTS entry with the published params (M), FLOPs (GMACs) and ImageNet top-1 (%)."""
+    cfg = dict(embed_dim=c, depths=depths, num_heads=heads, split_size=split, img_size=img, **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs, paper_top1=top1)
+
+
+_CSWIN_DEEP = (2, 4, 32, 2)
+# name -> config: the official models (microsoft/CSWin-Transformer models/cswin.py: CSWin_64_12211_tiny_224, ...;
+# names of its released files) with the figures of its README (Main Results on ImageNet; drop path of its train and
+# finetune commands). CSWin-L is pre-trained on ImageNet-22K.
+CSWIN_VARIANTS: dict[str, dict] = {
+    "cswin_tiny_224": _cswin(64, (1, 2, 21, 1), (2, 4, 8, 16), params=23, gmacs=4.3, top1=82.8, **_DP(0.2)),
+    "cswin_small_224": _cswin(64, _CSWIN_DEEP, (2, 4, 8, 16), params=35, gmacs=6.9, top1=83.6, **_DP(0.4)),
+    "cswin_base_224": _cswin(96, _CSWIN_DEEP, (4, 8, 16, 32), params=78, gmacs=15.0, top1=84.2, **_DP(0.5)),
+    "cswin_base_384": _cswin(96, _CSWIN_DEEP, (4, 8, 16, 32), (1, 2, 12, 12), 384, 78, 47.0, 85.5, **_DP(0.7)),
+    "cswin_large_224": _cswin(144, _CSWIN_DEEP, (6, 12, 24, 24), params=173, gmacs=31.5, top1=86.5, **_DP(0.2)),
+    "cswin_large_384": _cswin(144, _CSWIN_DEEP, (6, 12, 24, 24), (1, 2, 12, 12), 384, 173, 96.8, 87.5, **_DP(0.2)),
+}
+
+
+@dataclass
+class PoolFormerConfig(SwinConfig):
+    """A PoolFormer (MetaFormer with pooling): a 7x7 stride-4 conv stem and 3x3 stride-2 conv merging without norms,
+    blocks whose token mixer is AvgPool(pool_size)(x) - x ("pool"), GroupNorm with one group over the whole map
+    before the mixer, the MLP and the head, and per-channel layer scales on both residual branches. `dims` gives the
+    width of each stage (embed_dim follows dims[0]); pooling has no heads (num_heads: one per stage, unused)."""
+
+    family: ClassVar[str] = "PoolFormer"
+    embed_dim: int = 64
+    dims: Any = (64, 128, 320, 512)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (1, 1, 1, 1)
+    mixer: Any = "pool"
+    stem: str = "overlap"
+    patch_norm: bool = False
+    merge: str = "conv"
+    norm: str = "groupnorm"
+    layer_scale: float | None = 1e-5
+    pos_embed: str = "none"
+
+    def __post_init__(self):
+        if self.dims is not None:
+            self.embed_dim = int(self.dims[0])
+        if len(self.num_heads) != len(self.depths):
+            self.num_heads = (1,) * len(self.depths)
+        super().__post_init__()
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "PoolFormerConfig":
+        return _from_table(cls, POOLFORMER_VARIANTS, name, overrides)
+
+    def describe(self, with_size: bool = True) -> str:
+        return _variant_name(self, POOLFORMER_VARIANTS, with_size) or (
+            f"custom PoolFormer: dims {_dashed(self.stage_dims)}, depths {_dashed(self.depths)}, pool "
+            f"{self.pool_size}" + (f", {'x'.join(map(str, self.img_size))}" if with_size else ""))
+
+
+def _poolformer(dims, depths, params, gmacs, top1, **kw) -> dict:
+    """A POOLFORMER_VARIANTS entry with the published params (M), MACs (G) and ImageNet top-1 (%)."""
+    return dict(config=dict(dims=dims, depths=depths, **kw), paper_params_m=params, paper_gmacs=gmacs,
+                paper_top1=top1)
+
+
+_POOL_S, _POOL_M = (64, 128, 320, 512), (96, 192, 384, 768)
+# name -> config: the official models (sail-sg/poolformer models/poolformer.py; its released poolformer_*.pth.tar) with
+# the figures of its README (#Params, #MACs counted by fvcore, Top1 Acc; drop path of its training recipe). S36, M36
+# and M48 initialise their layer scales to 1e-6, the others to 1e-5.
+POOLFORMER_VARIANTS: dict[str, dict] = {
+    "poolformer_s12": _poolformer(_POOL_S, (2, 2, 6, 2), 12, 1.8, 77.2, **_DP(0.1)),
+    "poolformer_s24": _poolformer(_POOL_S, (4, 4, 12, 4), 21, 3.4, 80.3, **_DP(0.1)),
+    "poolformer_s36": _poolformer(_POOL_S, (6, 6, 18, 6), 31, 5.0, 81.4, layer_scale=1e-6, **_DP(0.2)),
+    "poolformer_m36": _poolformer(_POOL_M, (6, 6, 18, 6), 56, 8.8, 82.1, layer_scale=1e-6, **_DP(0.3)),
+    "poolformer_m48": _poolformer(_POOL_M, (8, 8, 24, 8), 73, 11.6, 82.5, layer_scale=1e-6, **_DP(0.4)),
+}

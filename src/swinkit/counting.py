@@ -6,8 +6,11 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .config import (DET_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
-                     DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
+from .config import (CSWIN_VARIANTS, DET_VARIANTS, POOLFORMER_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS,
+                     VARIANTS, VIDEO_VARIANTS, CSWinConfig, DetectionConfig, PoolFormerConfig, SegmentationConfig,
+                     SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
+from .models.cswin import CSWinTransformer
+from .models.poolformer import PoolFormer
 from .models.segmentation import SegmentationModel
 from .models.swin import SwinTransformer
 from .models.swinir import SwinIR
@@ -126,3 +129,27 @@ def measure_detection_variant(name: str, size: tuple[int, int] | None = None, pr
                 size=list(size), window=bb.window_size[0][0], params_m=count_params(model) / 1e6,
                 gmacs=counter.get_total_flops() / 2e9, paper_params_m=DET_VARIANTS[name]["paper_params_m"],
                 paper_gmacs=DET_VARIANTS[name]["paper_gmacs"])
+
+
+def _measure_classifier(name: str, cfg: SwinConfig, model_cls: type, entry: dict, window: str) -> dict:
+    """A classifier of another family on Swin's skeleton, built on the meta device: parameters and the MACs of one
+    image at its img_size, next to the published figures (top-1 included)."""
+    with torch.device("meta"):
+        model = model_cls(cfg)
+    return dict(name=name, task="classify", version=cfg.version, size=list(cfg.img_size), window=window,
+                params_m=count_params(model) / 1e6, gmacs=count_macs(model.eval(), cfg.img_size) / 1e9,
+                paper_params_m=entry["paper_params_m"], paper_gmacs=entry["paper_gmacs"],
+                paper_top1=entry["paper_top1"])
+
+
+def measure_cswin_variant(name: str, **overrides) -> dict:
+    """CSWin variant `name`; its "window" is the stripe width of the first three stages (the last attends globally)."""
+    cfg = CSWinConfig.from_name(name, **overrides)
+    return _measure_classifier(name, cfg, CSWinTransformer, CSWIN_VARIANTS[name],
+                               "-".join(map(str, cfg.split_size[:-1])))
+
+
+def measure_poolformer_variant(name: str, **overrides) -> dict:
+    """PoolFormer variant `name` (the average pooling, like fvcore, counts no MACs); its "window" is the pool size."""
+    cfg = PoolFormerConfig.from_name(name, **overrides)
+    return _measure_classifier(name, cfg, PoolFormer, POOLFORMER_VARIANTS[name], f"pool{cfg.pool_size}")

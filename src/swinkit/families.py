@@ -17,12 +17,15 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import counting
-from .config import (DET_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS,
-                     DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
+from .config import (CSWIN_VARIANTS, DET_VARIANTS, POOLFORMER_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS,
+                     VARIANTS, VIDEO_VARIANTS, CSWinConfig, DetectionConfig, PoolFormerConfig, SegmentationConfig,
+                     SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
 from .io import hub
 from .io.files import CheckpointError, save_state_dict
-from .io.formats import detection, restoration, segmentation, swin, unet, video
+from .io.formats import cswin, detection, poolformer, restoration, segmentation, swin, unet, video
 from .io.raw import RawCheckpoint
+from .models.cswin import CSWinTransformer
+from .models.poolformer import PoolFormer
 from .models.segmentation import SegmentationModel
 from .models.swin import SwinTransformer
 from .models.swinir import SwinIR
@@ -83,6 +86,9 @@ def _convert_swin(raw, dst, fmt, meta, hints=None) -> str:
     if fmt not in swin.FORMATS:
         raise CheckpointError(f"--to {fmt} is a segmentation or video format and {raw.path} holds a Swin image "
                               f"model; choose one of {', '.join(swin.FORMATS)}")
+    if fmt != "swinkit" and not ckpt.config.swin_skeleton:
+        raise CheckpointError(f"{raw.path} holds a model with token mixers {'-'.join(ckpt.config.mixer)} (or another "
+                              f"stem, merging or norm than Swin's): only swinkit's own layout holds it, not {fmt}'s")
     swin.note_guesses(ckpt, hints)
     swin.write_swin_checkpoint(ckpt.state_dict, ckpt.config, dst, fmt, ckpt.class_names, meta)
     return f"{fmt}, {swin.kind_of(ckpt.config)}, {ckpt.config.name}"
@@ -241,10 +247,36 @@ VIDEO = Family(
     lambda name, **kw: VideoSwinTransformer(VideoSwinConfig.from_name(name, **kw)), counting.measure_video_variant,
     hub.VIDEO_PRETRAINED)
 
+
+
+# ---- CSWin and PoolFormer: Swin's skeleton with other token mixers, stems, merging and norms; one official layout each
+
+
+def _top1(variants: dict) -> str:
+    return ", ".join(f"{name} {v['paper_top1']}" for name, v in variants.items())
+
+
+CSWIN = Family(
+    "cswin", "CSWin Transformer", "CSWin (Dong et al. 2022); win = stripe width of stages 1-3; GMACs = one image at "
+    "the size shown; paper = the official CSWin-Transformer README, whose CSWin-T 23M the official code builds as "
+    f"22.3M; ImageNet top-1 (paper, CSWin-L pre-trained on ImageNet-22K): {_top1(CSWIN_VARIANTS)}", CSWinConfig,
+    CSWIN_VARIANTS, lambda: (CSWinTransformer,), "classify", ("classify", "NCHW"), cswin.FORMAT.formats,
+    cswin.FORMAT.detect, cswin.FORMAT.load, cswin.FORMAT.inspect, cswin.FORMAT.convert, _save,
+    lambda name, **kw: CSWinTransformer(CSWinConfig.from_name(name, **kw)), counting.measure_cswin_variant)
+
+POOLFORMER = Family(
+    "poolformer", "PoolFormer", "PoolFormer (Yu et al. 2022); GMACs = one image at the size shown (pooling counts "
+    "none, as fvcore); paper = the official poolformer README (MACs by fvcore); ImageNet top-1 (paper): "
+    f"{_top1(POOLFORMER_VARIANTS)}", PoolFormerConfig, POOLFORMER_VARIANTS, lambda: (PoolFormer,), "classify",
+    ("classify", "NCHW"), poolformer.FORMAT.formats, poolformer.FORMAT.detect, poolformer.FORMAT.load,
+    poolformer.FORMAT.inspect, poolformer.FORMAT.convert, _save,
+    lambda name, **kw: PoolFormer(PoolFormerConfig.from_name(name, **kw)), counting.measure_poolformer_variant)
+
 # detection first (a detector holds a backbone), then the families whose keys are their own, then segmentation (a
-# Swin and heads), then the image Swin, which reads whatever is left
-FAMILIES: list[Family] = [DETECTION, RESTORATION, VIDEO, UNET, SEGMENTATION, SWIN]
-TABLE_ORDER = [SWIN, SEGMENTATION, UNET, VIDEO, RESTORATION, DETECTION]  # `swinkit models`
+# Swin and heads), then CSWin and PoolFormer (a Swin's skeleton, told apart by their mixers' keys), then the image
+# Swin, which reads whatever is left
+FAMILIES: list[Family] = [DETECTION, RESTORATION, VIDEO, UNET, SEGMENTATION, CSWIN, POOLFORMER, SWIN]
+TABLE_ORDER = [SWIN, CSWIN, POOLFORMER, SEGMENTATION, UNET, VIDEO, RESTORATION, DETECTION]  # `swinkit models`
 
 
 def family_of_state_dict(sd: dict) -> Family:

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import INFERENCE_PATHS, SwinConfig
-from ..nn.blocks import PatchEmbed, PatchMerging, SwinBlock, run_blocks
+from ..nn.blocks import ConvMerging, PatchEmbed, PatchMerging, SwinBlock, make_norm, run_blocks, swin_block
 
 # Layer ids of a Swin's parameters for layer-wise lr decay (timm's group_matcher order): 0 for the patch embedding,
 # 1 + block index for blocks, patch merging with the block before it; everything else (final norm, per-stage output
@@ -63,16 +63,26 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 class SwinStage(nn.Module):
-    """Optional patch merging (every stage but the first) followed by `depth` blocks alternating W-MSA and
-    SW-MSA."""
+    """Down-sampling (every stage but the first: patch merging, or a strided conv with cfg.merge="conv") followed
+    by `depth` blocks with the stage's token mixer (cfg.mixer[i]; shifted windows shift in every other block)."""
 
     def __init__(self, cfg: SwinConfig, i: int, drop_path: list[float]):
         super().__init__()
-        dim = cfg.embed_dim * 2**i
-        self.downsample = PatchMerging(dim // 2, cfg.version == 2) if i > 0 else nn.Identity()
+        dims = cfg.stage_dims
+        dim = dims[i]
+        if i == 0:
+            self.downsample = nn.Identity()
+        elif cfg.merge == "conv":
+            self.downsample = ConvMerging(dims[i - 1], dim, cfg.patch_norm)
+        else:
+            self.downsample = PatchMerging(dims[i - 1], cfg.version == 2, dim)
+        n = len(cfg.depths)
+        spatial = len(cfg.img_size) - 2  # merging halves H and W only (video keeps T)
+        grid = tuple(math.ceil(s / p / (2**i if a >= spatial else 1))
+                     for a, (s, p) in enumerate(zip(cfg.img_size, cfg.patch)))
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, cfg.num_heads[i], cfg.window_size[i], cfg.shift and j % 2 == 1, drop_path[j], cfg,
-                      cfg.pretrained_window_sizes[i])
+            swin_block(cfg, dim, cfg.num_heads[i], cfg.window_size[i], cfg.shift and j % 2 == 1, drop_path[j],
+                       cfg.pretrained_window_sizes[i], cfg.mixer[i], i, n, grid)
             for j in range(cfg.depths[i]))
         self.grad_checkpointing = False
 
@@ -123,7 +133,8 @@ class SwinLayers:
             raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {path!r}")
         self.cfg.inference_path = path
         for blk in self.blocks():
-            blk.inference_path = path
+            if hasattr(blk.attn, "inference_path"):
+                blk.attn.inference_path = path
 
     def set_drop_path(self, rate: float) -> None:
         """Stochastic depth rising linearly from 0 to `rate` over the blocks (for a model loaded from a checkpoint)."""
@@ -149,7 +160,7 @@ class SwinTrunk(SwinLayers, nn.Module):
         if cfg.pos_embed in ("absolute", "absolute+relative"):
             grid = [math.ceil(s / cfg.patch_size) for s in cfg.img_size]
             self.absolute_pos_embed = nn.Parameter(
-                nn.init.trunc_normal_(torch.zeros(1, cfg.embed_dim, *grid), std=0.02))
+                nn.init.trunc_normal_(torch.zeros(1, cfg.stage_dims[0], *grid), std=0.02))
         else:
             self.absolute_pos_embed = None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
@@ -175,7 +186,7 @@ class SwinTrunk(SwinLayers, nn.Module):
     @property
     def feature_info(self) -> FeatureInfo:
         """timm's feature_info of the stages: channels, reduction (stride in pixels) and module name."""
-        return FeatureInfo(dict(num_chs=self.cfg.embed_dim * 2**i, reduction=self.cfg.patch_size * 2**i,
+        return FeatureInfo(dict(num_chs=self.cfg.stage_dims[i], reduction=self.cfg.patch_size * 2**i,
                                 module=f"layers.{i}") for i in range(len(self.layers)))
 
     def layer_ids(self) -> tuple[dict[str, int], int]:
@@ -255,7 +266,7 @@ class SwinTransformer(SwinTrunk):
     def __init__(self, cfg: SwinConfig):
         super().__init__(cfg)
         self.num_classes = cfg.num_classes
-        self.norm = nn.LayerNorm(self.num_features)
+        self.norm = make_norm(cfg.norm, self.num_features)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
         self._init_trunk()
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import SwinIRConfig
 from ..nn.attention import tracing
-from ..nn.blocks import SwinBlock, run_blocks
+from ..nn.blocks import run_blocks, swin_block
 from .swin import SwinLayers
 
 
@@ -89,7 +89,7 @@ class RSTB(nn.Module):
     def __init__(self, cfg: SwinIRConfig, i: int, drop_path: list[float]):
         super().__init__()
         dim, win, block_cfg = cfg.embed_dim, (cfg.window_size,) * 2, cfg.block_config()
-        self.blocks = nn.ModuleList(SwinBlock(dim, cfg.num_heads[i], win, j % 2 == 1, drop_path[j], block_cfg, (0, 0))
+        self.blocks = nn.ModuleList(swin_block(block_cfg, dim, cfg.num_heads[i], win, j % 2 == 1, drop_path[j], (0, 0))
                                     for j in range(cfg.depths[i]))
         self.conv = residual_conv(dim, cfg.resi_connection)
         self.proj = nn.Conv2d(dim, dim, 1) if cfg.version == 2 else None
@@ -149,7 +149,7 @@ class SwinIR(SwinLayers, nn.Module):
         for layer in self.layers:
             layer.chunk_mb = mb
             for blk in layer.blocks:
-                blk.chunk_mb = blk.mlp.chunk_mb = mb
+                blk.attn.chunk_mb = blk.mlp.chunk_mb = mb
 
     # ---- forward
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..config import INFERENCE_PATHS, SwinUNetConfig
-from ..nn.blocks import PatchExpand, SwinBlock, run_blocks
+from ..nn.blocks import PatchExpand, SwinBlock, run_blocks, swin_block
 from .swin import SwinTransformer
 
 Size = tuple[int, int]
@@ -28,8 +28,8 @@ class DecoderStage(nn.Module):
         self.upsample = PatchExpand(2 * dim, dim, 2)
         self.fuse = nn.Linear(2 * dim, dim)
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, cfg.num_heads[level], cfg.window_size[level], cfg.shift and j % 2 == 1, drop_path[j],
-                      cfg, cfg.pretrained_window_sizes[level])
+            swin_block(cfg, dim, cfg.num_heads[level], cfg.window_size[level], cfg.shift and j % 2 == 1, drop_path[j],
+                       cfg.pretrained_window_sizes[level])
             for j in range(depth))
         self.grad_checkpointing = False
 
@@ -123,7 +123,7 @@ class SwinUNet(nn.Module):
         self.encoder.set_inference_path(path)
         self.cfg.inference_path = path
         for blk in self.decoder_blocks():
-            blk.inference_path = path
+            blk.attn.inference_path = path
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, C, H, W) -> the normalised bottleneck (B, h/2^(n-1), w/2^(n-1), 2^(n-1) C) and the skips of levels

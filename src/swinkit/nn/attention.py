@@ -21,6 +21,7 @@ def tracing() -> bool:
     """Whether forward is being compiled, exported or traced: then it runs the plain path, uncached."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a relative position bias.
 
@@ -123,7 +124,8 @@ class WindowAttention(nn.Module):
             return []
         return list(self.cpb_mlp.parameters()) if self.v2 else [self.relative_position_bias_table]
 
-    def forward(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None, cache: bool = True) -> torch.Tensor:
+    def attend_windows(self, x: torch.Tensor, win: Pair, mask: torch.Tensor | None, cache: bool = True
+                       ) -> torch.Tensor:
         """x: (B, nW, N, C) windows of B images; mask: (nW, N, N) additive or None. Returns (B, nW, N, C)."""
         B, nW, N, C = x.shape
         bias = self.cached_attention_bias(win, mask, x.dtype) if cache else self.attention_bias(win, mask, x.dtype)

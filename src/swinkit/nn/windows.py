@@ -15,7 +15,7 @@ PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at le
 CACHE_SIZE = 128
 
 
-def _cached(fn):
+def cached(fn):
     """Bounded cache for pure functions of sizes and device. Results are normal tensors even when first
     asked for under torch.inference_mode, so the same cached mask also serves training."""
     return lru_cache(maxsize=CACHE_SIZE)(torch.inference_mode(False)(fn))
@@ -66,7 +66,7 @@ def _crop(feat: Pair) -> tuple[slice, ...]:
     return tuple(slice(0, f) for f in feat)
 
 
-@_cached
+@cached
 def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that replace pad -> roll -> partition and its reverse by one copy each way.
 
@@ -82,7 +82,7 @@ def window_order(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> tu
     return to_windows, slot.view(padded)[_crop(feat)].flatten()
 
 
-@_cached
+@cached
 def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(*padded) region label of each position of the padded map, before the cyclic shift is undone.
 
@@ -100,7 +100,7 @@ def shift_regions(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> t
     return labels
 
 
-@_cached
+@cached
 def window_padding(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> torch.Tensor:
     """(nW, N) bool, True where a window slot of the shifted, padded map holds a padded token."""
     padding = torch.ones(padded_size(feat, win), dtype=torch.bool, device=device)
@@ -109,7 +109,7 @@ def window_padding(feat: Pair, win: Pair, shift: Pair, device: torch.device) -> 
     return window_partition(padding[None, ..., None], win)[..., 0]  # (nW, N)
 
 
-@_cached
+@cached
 def window_labels(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask_padding: bool = True
                   ) -> torch.Tensor:
     """(nW, N) label of every token of the shifted, padded map in window order: its shift region (0..3^n-1), or -1
@@ -130,7 +130,7 @@ def needs_mask(feat: Pair, win: Pair, shift: Pair, mask_padding: bool = True) ->
     return any(shift) or (mask_padding and padded_size(feat, win) != tuple(feat))
 
 
-@_cached
+@cached
 def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask_padding: bool = True
                    ) -> torch.Tensor | None:
     """Additive mask (nW, N, N) for the shifted, padded map: REGION_MASK across regions, PAD_MASK on padded
@@ -140,7 +140,7 @@ def attention_mask(feat: Pair, win: Pair, shift: Pair, device: torch.device, mas
     return mask_from_labels(window_labels(feat, win, shift, device, mask_padding))
 
 
-@_cached
+@cached
 def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask_padding: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], torch.Tensor]:
     """Windows grouped by mask and padding pattern, so that every window of a group takes one (N, N) mask.
@@ -159,7 +159,7 @@ def window_groups(feat: Pair, win: Pair, shift: Pair, device: torch.device, mask
     return order, masks, tuple(counts.tolist()), patterns[..., 1].bool().to(device)
 
 
-@_cached
+@cached
 def relative_position_index(win: Pair, table_win: Pair, device: torch.device) -> torch.Tensor:
     """(N, N) index into a prod(2*T-1) table (row-major over the axes) for the offsets inside a win window
     (win <= table_win per axis), so a clamped window uses the learned entries of the same offsets."""
@@ -171,7 +171,7 @@ def relative_position_index(win: Pair, table_win: Pair, device: torch.device) ->
     return index.to(device)
 
 
-@_cached
+@cached
 def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> torch.Tensor:
     """V2: (prod(2w-1), n) log-spaced relative coordinates, normalised by the pre-training window
     (or this window when none is given) exactly as the official V2 code does."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ..data import (IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderData
 from ..factory import create_model
 from ..io.files import dumps
 from ..metrics.classification import evaluate, save_confusion_png
+from ..metrics.robustness import corruption_keys, evaluate_robustness_batches, format_robustness
 from ..models.swin import SwinTransformer
 from ..train.qat import count_fake_quantized, prepare_qat
 from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments, setting
@@ -35,6 +37,29 @@ from .base import AMP_DTYPES, Loaded, Task, TaskSettings, add_settings_arguments
 ARCH_KEYS = ("img_size", "patch_size", "window_size", "embed_dim", "depths", "num_heads")
 # from scratch on fewer training images than this (and no --recipe), the small-data recipe is picked
 SMALL_DATA_IMAGES = 20_000
+TIMM_PREFIX = "timm:"  # --model timm:NAME: timm's model NAME with random weights, an external baseline
+
+
+def json_object(text: str) -> dict:
+    """--model-kwargs: a JSON object (of SwinConfig fields)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"shift\": false}}', got {text!r} ({e})")
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"shift\": false}}', got {text!r}")
+    return value
+
+
+def timm_classifier(name: str, num_classes: int) -> nn.Module:
+    """timm's model `name` with random weights and `num_classes` outputs (--model timm:NAME)."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"--model {TIMM_PREFIX}{name} needs timm: pip install timm") from None
+    if not timm.is_model(name):
+        raise ValueError(f"--model {TIMM_PREFIX}{name}: timm has no model {name!r} (timm.list_models() lists them)")
+    return timm.create_model(name, num_classes=num_classes, pretrained=False)
 
 
 @dataclass
@@ -66,6 +91,8 @@ class ClassifySettings(DistillSettings, TaskSettings):
     depths: list[int] | None = setting(None, nargs="+")
     num_heads: list[int] | None = setting(None, nargs="+")
     drop_path_rate: float | None = setting(None, "stochastic depth (default: the variant's)")
+    model_kwargs: dict = setting({}, "further SwinConfig fields of a new model, a JSON object over the flags above, "
+                                     "e.g. '{\"mixer\": \"pool\", \"shift\": false}'", type=json_object)
     # data and augmentation (0 disables a step)
     scale: list[float] = setting([0.08, 1.0], "random-resized-crop area range", nargs=2)
     hflip: float = setting(0.5, "horizontal flip probability", valid="0..1")
@@ -142,8 +169,36 @@ def eval_folder(data: Path) -> Path:
     return data / "val" if (data / "val").is_dir() else data
 
 
+def read_robustness_baseline(path: Path) -> dict:
+    """The robustness results in an earlier `swinkit eval --robustness --json` output (or a bare results dict)."""
+    obj = json.loads(Path(path).read_text())
+    results = obj.get("robustness", obj) if isinstance(obj, dict) else {}
+    corruption_keys(results, f"--robustness-baseline {path}")
+    return results
+
+
+def robustness(model: nn.Module, ds: ImageFolderDataset, data_cfg: dict, args: argparse.Namespace,
+               baseline: dict | None) -> dict:
+    """Translation consistency and corruption accuracy (swinkit/metrics/robustness.py) of `ds` read in [0, 1]: the
+    eval transform with Normalize(0, 1), the identity; the checkpoint's normalisation moves into `predict`, and
+    padded shifts fill with its mean colour, so the network sees zeros there."""
+    device, amp = torch.device(args.device), AMP_DTYPES[args.amp]
+    mean, std = (torch.tensor(data_cfg[k], device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) in [0, 1] -> (N,) top-1
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            return model((x.to(device) - mean) / std).argmax(1)
+
+    ds.transform = eval_transform(args.img_size or data_cfg["img_size"], args.crop_pct or data_cfg["crop_pct"],
+                                  (0.0,) * 3, (1.0,) * 3)
+    loader = DataLoader(ds, args.batch_size, num_workers=args.workers)
+    return evaluate_robustness_batches(predict, loader, args.max_shift, baseline=baseline, fill=data_cfg["mean"])
+
+
 def default_data_config(model: SwinTransformer) -> dict:
-    size = model.cfg.img_size
+    timm_model = hasattr(model, "pretrained_cfg") and not hasattr(model, "cfg")  # --model timm:NAME
+    size = model.pretrained_cfg["input_size"][1:] if timm_model else model.cfg.img_size
     return {"img_size": size[0] if size[0] == size[1] else list(size), "crop_pct": 0.875,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
@@ -195,11 +250,15 @@ class ClassifyTask(Task):
         if flat["qat"]:
             check_qat_settings(flat["pretrained"])
         if given.get("pretrained"):
-            clash = [k for k in ("model", *ARCH_KEYS[1:]) if k in given]
+            clash = [k for k in ("model", *ARCH_KEYS[1:], "model_kwargs") if k in given]
             if clash:
                 raise ValueError(f"--pretrained takes the architecture from the checkpoint; remove "
                                  f"{['--' + k.replace('_', '-') for k in clash]}")
             flat.update({k: None for k in ARCH_KEYS[1:]})
+        clash = [k for k in (*ARCH_KEYS[1:], "drop_path_rate", "model_kwargs") if k in given]
+        if flat["model"].startswith(TIMM_PREFIX) and clash:
+            raise ValueError(f"--model {flat['model']} is timm's architecture; remove "
+                             f"{['--' + k.replace('_', '-') for k in clash]}")
         if isinstance(flat["window_size"], list) and len(flat["window_size"]) == 1:
             flat["window_size"] = flat["window_size"][0]
         return flat
@@ -220,7 +279,8 @@ class ClassifyTask(Task):
     def build_model(self, config: dict | None = None) -> SwinTransformer:
         """The model, then the transforms at --img-size or the model's own size."""
         model = self.model_from_config(config) if config else self._new_model()
-        c, size = self.cfg, self.cfg.img_size or model.cfg.img_size[0]
+        timm_size = None if isinstance(model, SwinTransformer) else model.pretrained_cfg["input_size"][-1]
+        c, size = self.cfg, self.cfg.img_size or timm_size or model.cfg.img_size[0]
         if c.distill == "hard" and not has_distillation_head(model):
             add_distillation_head(model)
         if c.qat:  # on resume too: the saved weights are float, the fake quantizers come back here
@@ -247,18 +307,25 @@ class ClassifyTask(Task):
             if c.drop_path_rate is not None:
                 model.set_drop_path(c.drop_path_rate)
             return model
+        if c.model.startswith(TIMM_PREFIX):
+            return timm_classifier(c.model[len(TIMM_PREFIX):], n)
         arch = {k: getattr(c, k) for k in (*ARCH_KEYS, "drop_path_rate") if getattr(c, k) is not None}
-        model = create_model(c.model, num_classes=n, **arch)
+        model = create_model(c.model, num_classes=n, **{**arch, **c.model_kwargs})
         if model.cfg.describe().startswith("custom"):
             model.cfg.name = "custom"  # a variant's name stays only on the variant's architecture
         return model
 
     def model_config(self, model: SwinTransformer) -> dict:
+        if not isinstance(model, SwinTransformer):  # --model timm:NAME
+            return {"timm": model.pretrained_cfg["architecture"], "num_classes": model.num_classes}
         return classifier_config(model)
 
     @classmethod
     def model_from_config(cls, config: dict) -> SwinTransformer:
-        """A SwinTransformer of `config`, with a distillation head when the config says so."""
+        """A SwinTransformer of `config`, with a distillation head when the config says so (timm's model for a
+        --model timm:NAME run)."""
+        if "timm" in config:
+            return timm_classifier(config["timm"], config["num_classes"])
         return classifier_from_config(config)
 
     def set_ema(self, ema: nn.Module | None) -> None:
@@ -292,6 +359,8 @@ class ClassifyTask(Task):
         return {"skipped_files": skipped}
 
     def describe_model(self, model: SwinTransformer) -> str:
+        if not isinstance(model, SwinTransformer):
+            return f"timm {model.pretrained_cfg['architecture']}"
         qat = f" + int8 fake quantization ({count_fake_quantized(model)} Linear layers)" if self.cfg.qat else ""
         return model.cfg.describe() + (" + distillation head" if has_distillation_head(model) else "") + qat
 
@@ -325,10 +394,20 @@ class ClassifyTask(Task):
     def add_eval_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--img-size", type=int, help="evaluation size (default: the checkpoint's)")
         parser.add_argument("--crop-pct", type=float, help="resize to img_size / crop_pct, then centre crop")
+        parser.add_argument("--robustness", action="store_true",
+                            help="also translation consistency (shifts of 1..--max-shift pixels, cyclic and padded) "
+                                 "and accuracy under 6 corruptions x 5 severities (docs/robustness.md)")
+        parser.add_argument("--max-shift", type=int, default=4, help="--robustness: the largest shift, in pixels")
+        parser.add_argument("--robustness-baseline", type=Path, metavar="EVAL_JSON",
+                            help="--robustness: relative mCE against this earlier `swinkit eval --robustness --json` "
+                                 "output")
 
     @classmethod
     def run_eval(cls, loaded: Loaded, args: argparse.Namespace) -> tuple[dict, str]:
         names, data_cfg, device = loaded.meta["class_names"], loaded.meta["data"], torch.device(args.device)
+        if args.robustness_baseline and not args.robustness:
+            raise ValueError("--robustness-baseline is used by --robustness: add --robustness")
+        baseline = read_robustness_baseline(args.robustness_baseline) if args.robustness_baseline else None
         tf = eval_transform(args.img_size or data_cfg["img_size"], args.crop_pct or data_cfg["crop_pct"],
                             data_cfg["mean"], data_cfg["std"])
         folder = eval_folder(Path(args.data))
@@ -342,6 +421,10 @@ class ClassifyTask(Task):
         text = (f"{args.checkpoint} on {folder} ({m['num_images']} images, {len(names)} classes)\n"
                 f"top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  loss {m['loss']:.4f}\n"
                 f"confusion matrix: {args.confusion}")
+        if args.robustness:
+            result["robustness"] = robustness(loaded.model, ds, data_cfg, args, baseline)
+            result["robustness_baseline"] = str(args.robustness_baseline) if baseline else None
+            text += "\n" + format_robustness(result["robustness"])
         return result, text
 
     @classmethod

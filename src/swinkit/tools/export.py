@@ -528,25 +528,26 @@ def _export_checked(model, x, out: Path, fmt: str, layout: str, task: str, secon
 @contextlib.contextmanager
 def _exportable(model):
     """Two work-arounds while exporting (see "Limits" in the module docstring):
-    - SwinBlock._window_attention sizes its memory chunks with int(budget // (.. * batch)), which torch.export
+    - WindowMixer.window_attention sizes its memory chunks with int(budget // (.. * batch)), which torch.export
       specialises to the example batch; chunking only bounds eager memory, so blocks attend all windows at once;
     - the window caches (nn/windows.py, lru_cache) keep the fake tensors that torch.export traced with, and eager
       calls would then get them: the caches are cleared before and after."""
-    from ..nn.blocks import SwinBlock
+    from ..nn.mixers.window import WindowMixer
     from ..nn.windows import attention_mask, clear_caches
 
-    def whole(blk, windows, feat, win, shift):  # (B, nW, N, C) -> (B, nW, N, C), one call
-        return blk.attn(windows, win, attention_mask(feat, win, shift, windows.device, blk.mask_padding))
+    def whole(mixer, windows, feat, win, shift):  # (B, nW, N, C) -> (B, nW, N, C), one call
+        return mixer.attend_windows(windows, win, attention_mask(feat, win, shift, windows.device,
+                                                                 mixer.mask_padding))
 
-    blocks = [m for m in model.modules() if isinstance(m, SwinBlock)]
+    mixers = [m for m in model.modules() if isinstance(m, WindowMixer)]
     clear_caches()
-    for blk in blocks:
-        blk._window_attention = types.MethodType(whole, blk)
+    for mixer in mixers:
+        mixer.window_attention = types.MethodType(whole, mixer)
     try:
         yield
     finally:
-        for blk in blocks:
-            del blk._window_attention
+        for mixer in mixers:
+            del mixer.window_attention
         clear_caches()
 
 

@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..io.files import atomic_write
 from ..config import VIDEO_VARIANTS, SwinConfig, VideoSwinConfig
 from ..counting import count_macs, count_params
+from ..nn.mixers.window import GlobalMixer, WindowMixer
 from ..factory import create_model
 from ..models.swin import SwinTransformer
 from ..models.video import VideoSwinTransformer
@@ -223,11 +224,21 @@ def _label_pieces(ax, ids: np.ndarray, t: int, corner: bool = False) -> None:
 # windows: regular, shifted, cyclic shift (the papers' figures 2 and 4)
 
 
+def window_mixers(model, stage: int) -> list:
+    """The window mixers of stage `stage`'s blocks; ValueError when the stage mixes tokens otherwise."""
+    mixers = [b.attn for b in model.layers[stage].blocks]
+    if not all(isinstance(m, WindowMixer) and not isinstance(m, GlobalMixer) for m in mixers):
+        raise ValueError(f"this figure draws window attention, and stage {stage} of this model uses the "
+                         f"{model.cfg.mixer[stage]!r} mixer; choose a stage with shifted_window or window mixers "
+                         "(--stage)")
+    return mixers
+
+
 def windows_data(model: SwinTransformer, size: Pair, stage: int = 0) -> dict:
     """Partition of stage `stage` for an input of `size`: regular (W-MSA) and shifted (SW-MSA) window index
     of every token (Hp, Wp), the shift regions of the rolled map, padding, and the counts."""
     feat = stage_sizes(model, size)[stage]
-    blocks = model.layers[stage].blocks
+    blocks = window_mixers(model, stage)
     win, _ = window_and_shift(feat, blocks[0].window, blocks[0].shift)
     shifted = next((b for b in blocks if b.shift), None)
     shift = window_and_shift(feat, shifted.window, True)[1] if shifted else (0, 0)
@@ -314,7 +325,7 @@ def mask_data(model: SwinTransformer, size: Pair, stage: int = 0) -> dict:
     an input of `size` - the very cached tensor of `SwinBlock.attention_mask` - and the labels it is built
     from (nW, N): the shift region of each window slot, -1 for padding (`window_labels`)."""
     feat = stage_sizes(model, size)[stage]
-    blocks = model.layers[stage].blocks
+    blocks = window_mixers(model, stage)
     j = next((i for i, b in enumerate(blocks) if b.shift), 0)
     mask = blocks[j].attention_mask(*feat, CPU)
     if mask is None:
@@ -375,7 +386,7 @@ def video_windows_data(model: VideoSwinTransformer, size: Pair, stage: int = 0) 
     (Tp, Hp, Wp) map for the regular and the shifted block (the blocks' own gather), the shift regions and
     padding."""
     feat = stage_sizes(model, size)[stage]
-    blocks = model.layers[stage].blocks
+    blocks = window_mixers(model, stage)
     win, _ = blocks[0].window_and_shift(*feat)
     shifted = next((b for b in blocks if b.shift), None)
     shift = shifted.window_and_shift(*feat)[1] if shifted else (0,) * 3
@@ -423,7 +434,7 @@ def video_mask_data(model: VideoSwinTransformer, size: Pair, stage: int = 0) -> 
     """The (nW, N, N) mask of stage `stage`'s shifted block on a (T, H, W) clip (the block's own cached
     `attention_mask`), its slot labels (`window_labels`), and the window with the most regions."""
     feat = stage_sizes(model, size)[stage]
-    blocks = model.layers[stage].blocks
+    blocks = window_mixers(model, stage)
     j = next((i for i, b in enumerate(blocks) if b.shift), 0)
     mask = blocks[j].attention_mask(*feat, CPU)
     if mask is None:
@@ -614,7 +625,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 def _query_attention(blk, feat: Pair, q: Pair) -> dict:
     """The row of blk.attn.last_attn for token q (y, x), scattered back onto the (h, w) map."""
-    win, shift = window_and_shift(feat, blk.window, blk.shift)
+    win, shift = window_and_shift(feat, blk.attn.window, blk.attn.shift)
     Hp, Wp = padded_size(feat, win)
     slots = window_slots(feat, win, shift)  # (nW, N)
     w, n = (slots == q[0] * Wp + q[1]).nonzero()[0].tolist()

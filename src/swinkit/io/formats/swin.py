@@ -576,6 +576,8 @@ def read_checkpoint(path, use_ema: bool = False, strict: bool = True, known: dic
     raw = raw or read_raw(path, use_ema)
     path, sd = raw.path, raw.state_dict
     side, class_names, ours = side_info(raw.weights, raw.obj, raw.meta)
+    if ours and not SwinConfig.from_dict(side).swin_skeleton:  # other mixers / stem / merge / norm: no peer layout
+        return Checkpoint(path, "swinkit", dict(sd), SwinConfig.from_dict(side), [], class_names, [], [])
     try:
         fmt = detect_format(sd)
         imp = to_swinkit(sd, fmt, strict)
