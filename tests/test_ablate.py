@@ -329,3 +329,13 @@ def test_search_leaves_out_what_is_over_the_flops_budget_and_writes_the_front(fo
     assert "window_size=2" in fronts["gmacs"]  # the cheapest always is on the MACs front
     assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
     assert "winner: window_size=" in capsys.readouterr().out
+
+
+def test_per_stage_windows_are_one_square_window_per_stage():
+    """window_size=2-4 on a 2-stage model means window 2 in stage 0 and 4 in stage 1, not one 2x4 window."""
+    from swinkit.config import SwinConfig
+
+    c = A.Config("window_size=2-4", "", {"window_size": A.parse_value("window_size", "2-4")})
+    assert c.kwargs == {"window_size": [[2, 2], [4, 4]]}
+    cfg = SwinConfig(depths=(2, 2), num_heads=(2, 4), embed_dim=32, **c.kwargs)
+    assert cfg.window_size == ((2, 2), (4, 4))

@@ -58,6 +58,9 @@ class AblateError(ValueError):
 # the grid: --vary KEY=V1,V2 over SwinConfig fields, --set KEY=VALUE
 
 
+STAGE_WINDOWS = ("window_size", "pretrained_window_sizes")  # per-stage entries that are (h, w) windows
+
+
 def model_fields() -> dict[str, object]:
     """SwinConfig field -> default, for the fields a grid may change (num_classes comes from the data)."""
     return {f.name: f.default for f in dataclasses.fields(SwinConfig) if f.name not in ("name", "num_classes")}
@@ -188,6 +191,11 @@ class Config:
     params: int = 0
     macs: int = 0
     match: dict = dataclasses.field(default_factory=dict)  # width matching: embed_dim, ratio, note
+
+    def __post_init__(self):
+        # one square window per stage: SwinConfig reads a bare pair of ints as one (h, w) window for every stage
+        self.kwargs = {k: [[w, w] for w in v] if k in STAGE_WINDOWS and isinstance(v, (tuple, list))
+                       and all(isinstance(w, int) for w in v) else v for k, v in self.kwargs.items()}
 
     @property
     def external(self) -> bool:
