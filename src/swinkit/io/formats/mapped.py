@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..files import CheckpointError, save_state_dict, write_converted
 from ..keymap import Rule, T, apply_key_map, listing, report_unknown
 from ..raw import RawCheckpoint
-from .swin import check_overrides, class_rows, side_info
+from .swin import check_overrides, class_rows, side_info, with_class_names
 
 CTX = {"P": ("",)}  # no model prefix in either layout
 FORMATS = ("swinkit", "official")
@@ -202,12 +202,7 @@ class MappedFormat:
         else:  # some weights start from their initialisation
             model = self.model(cfg)
             model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        names = r.class_names
-        if names and class_map is not None:
-            names = [names[i] for i in class_rows(class_map)]
-        if names and len(names) == cfg.num_classes:
-            model.class_names = list(names)
-        return model.eval()
+        return with_class_names(model, r.class_names, class_map)
 
     # ---- the family's callables
 

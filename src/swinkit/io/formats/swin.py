@@ -714,10 +714,15 @@ def build_model(ckpt: Checkpoint, cfg: SwinConfig, strict: bool = True, class_ma
         model.load_state_dict(sd, strict=False)
     else:
         model.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()}, assign=True)
-    names = ckpt.class_names
+    return with_class_names(model, ckpt.class_names, class_map)
+
+
+def with_class_names(model: torch.nn.Module, names: list | None, class_map=None) -> torch.nn.Module:
+    """The model in eval mode, with the checkpoint's class names (the rows `class_map` keeps) when they match its
+    classes."""
     if names and class_map is not None:
         names = [names[i] for i in class_rows(class_map)]
-    if names and len(names) == cfg.num_classes:
+    if names and len(names) == model.cfg.num_classes:
         model.class_names = list(names)
     return model.eval()
 
