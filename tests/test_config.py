@@ -66,13 +66,14 @@ def test_models_command_prints_every_variant(capsys):
 
     assert main(["models", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    from swinkit.config import CSWIN_VARIANTS, DET_VARIANTS, POOLFORMER_VARIANTS, SWINIR_VARIANTS, VIDEO_VARIANTS
+    from swinkit.config import (CSWIN_VARIANTS, DET_VARIANTS, GROUNDING_VARIANTS, PANOPTIC_VARIANTS,
+                                POOLFORMER_VARIANTS, SWINIR_VARIANTS, VIDEO_VARIANTS)
 
-    # then CSWin, PoolFormer, the dense, video, restoration and detection models
+    # then CSWin, PoolFormer, the dense, video, restoration, detection, Mask2Former and GroundingDINO models
     assert len(lines) == (len(VARIANTS) - len(ALIASES) + len(CSWIN_VARIANTS) + len(POOLFORMER_VARIANTS)
                           + len(SEG_VARIANTS) + len(UNET_VARIANTS) + len(VIDEO_VARIANTS) + len(SWINIR_VARIANTS)
-                          + len(DET_VARIANTS))
-    assert json.loads(lines[-1])["task"] == "detection"
+                          + len(DET_VARIANTS) + len(PANOPTIC_VARIANTS) + len(GROUNDING_VARIANTS))
+    assert json.loads(lines[-1])["task"] == "ground"
     assert '"name": "swin_tiny_patch4_window7_224"' in lines[0]
 
 

@@ -24,6 +24,9 @@ LOWER = {
                        "swinkit.metrics"),
     "swinkit.io": ("swinkit.tasks", "swinkit.train", "swinkit.data", "swinkit.factory", "swinkit.tools",
                    "swinkit.evaluate", "swinkit.predict", "swinkit.inference", "swinkit.metrics"),
+    "swinkit.interop": ("swinkit.io", "swinkit.families", "swinkit.tasks", "swinkit.train", "swinkit.data",
+                        "swinkit.factory", "swinkit.tools", "swinkit.evaluate", "swinkit.predict", "swinkit.inference",
+                        "swinkit.metrics"),  # transformers' AutoBackbone: config and models only
     "swinkit.io.files": ("swinkit.models", "swinkit.nn", "swinkit.io.formats", "swinkit.families"),
     "swinkit.io.images": ("swinkit.models", "swinkit.nn", "torch"),
     "swinkit.io.formats": ("swinkit.families", "swinkit.io.load"),

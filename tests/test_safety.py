@@ -207,15 +207,16 @@ def test_training_on_one_class_is_refused(tmp_path, capsys):
 
 
 def test_camvid_is_known_by_its_labels_and_the_settings_are_said(tmp_path):
+    from swinkit.data import segmentation as D
     from swinkit.tasks import segment as S
 
     rng = np.random.default_rng(0)
     for i in range(2):
         write_pair(tmp_path / "streets" / "train", f"f{i}", rng.integers(0, 12, (360, 480)))
-    assert S.camvid_reason(tmp_path / "streets") == (f"the labels of {tmp_path / 'streets'} are 480x360 class "
+    assert D.camvid_reason(tmp_path / "streets") == (f"the labels of {tmp_path / 'streets'} are 480x360 class "
                                                        "indices 0..11, as CamVid's")
     names, palette, ignore = S.resolve_labels(tmp_path / "streets")
-    assert names == list(S.CAMVID_CLASSES) and ignore == 11  # void is not learnt as a twelfth class
+    assert names == list(D.CAMVID_CLASSES) and ignore == 11  # void is not learnt as a twelfth class
     labels = S.LabelSet(names, palette, ignore)
     assert S.labels_note(tmp_path / "streets", labels) == (
         f"labels: 11 classes CamVid's, as the labels of {tmp_path / 'streets'} are 480x360 class indices 0..11, as "

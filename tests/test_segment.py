@@ -10,6 +10,7 @@ from torchvision import tv_tensors
 
 from conftest import SHARED
 from swinkit.inference import dense
+from swinkit.data import segmentation as D
 from swinkit.tasks import segment as S
 
 CAMVID = SHARED / "data" / "camvid"
@@ -99,7 +100,7 @@ def test_colour_label_and_missing_folder_are_refused(tmp_path):
         S.SegmentationFolder(tmp_path / "nowhere")
     (tmp_path / "other" / "images").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"expected a folder with images/ and labels/ .* lacks labels/$"):
-        S.find_pairs(tmp_path / "other")
+        D.find_pairs(tmp_path / "other")
 
 
 def test_classes_file_and_camvid_names(tmp_path):
@@ -110,7 +111,7 @@ def test_classes_file_and_camvid_names(tmp_path):
                                          r"got 'car 1 2'"):
         S.resolve_labels(tmp_path)
     (tmp_path / "CamVid").mkdir()
-    assert S.resolve_labels(tmp_path / "CamVid")[::2] == (list(S.CAMVID_CLASSES), 11)
+    assert S.resolve_labels(tmp_path / "CamVid")[::2] == (list(D.CAMVID_CLASSES), 11)
     assert S.resolve_labels(tmp_path / "CamVid", ignore_index=255)[2] == 255
     assert S.resolve_labels(tmp_path / "CamVid", num_classes=5) == (None, None, 255)  # not CamVid's 11 classes
     with pytest.raises(ValueError, match="ignore index 3 is a class index"):
@@ -292,7 +293,7 @@ def test_palette_mask_png_round_trips(tmp_path):
     S.colorize(mask, palette).save(tmp_path / "m.png")
     with Image.open(tmp_path / "m.png") as back:
         assert back.mode == "P"
-        assert torch.equal(torch.from_numpy(S.read_mask(tmp_path / "m.png")), mask)
+        assert torch.equal(torch.from_numpy(D.read_mask(tmp_path / "m.png")), mask)
         assert back.getpalette()[:60] == [v for c in palette for v in c]
         assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(palette, np.uint8)[mask.numpy()])
     img = Image.fromarray(np.full((17, 23, 3), 200, np.uint8))
@@ -308,7 +309,7 @@ def test_palette_mask_png_round_trips(tmp_path):
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="needs ../shared/data/camvid")
 def test_reads_camvid():
     names, palette, ignore = S.resolve_labels(CAMVID)
-    assert (names, ignore) == (list(S.CAMVID_CLASSES), 11)
+    assert (names, ignore) == (list(D.CAMVID_CLASSES), 11)
     train, val = S.split_root(CAMVID)
     ds = S.SegmentationFolder(val, transform=S.eval_transform(), ignore_index=ignore)
     assert len(ds) == 101 and ds.num_classes == 11  # counted from the labels: values 0..10 plus void
@@ -463,7 +464,7 @@ def test_predict_writes_palette_masks_and_overlays(tmp_path, capsys):
             expected = model(x[None]).argmax(1)[0]
         with Image.open(r["mask"]) as m:
             assert m.mode == "P" and m.getpalette()[:9] == [v for c in task.labels.palette for v in c]
-        assert torch.equal(torch.from_numpy(S.read_mask(r["mask"])), expected)
+        assert torch.equal(torch.from_numpy(D.read_mask(r["mask"])), expected)
         with Image.open(r["overlay"]) as ov, Image.open(path) as src:  # the image, then a legend below it
             assert ov.width == src.width and ov.height > src.height
         assert sum(r["class_fractions"].values()) == pytest.approx(1.0)

@@ -38,6 +38,7 @@ COMMANDS = {  # name -> (module, help)
     "viz": ("swinkit.tools.viz", "draw windows, masks, position bias, attention, receptive field, complexity"),
     "ablate": ("swinkit.tools.ablate", "train a grid of configurations with the same recipe, seeds and budget: table"),
     "search": ("swinkit.tools.search", "successive halving over per-stage window sizes under a FLOPs budget"),
+    "data": ("swinkit.tools.data", "convert datasets: coco128-panoptic (COCO128 -> COCO panoptic PNG + JSON)"),
 }
 
 

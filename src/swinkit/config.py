@@ -507,6 +507,148 @@ def list_detection_models() -> list[str]:
 
 
 # ==========================================================================================================
+# Panoptic / universal segmentation: transformers' Mask2Former on a Swin backbone (models/panoptic.py)
+
+# the PanopticConfig fields that are Mask2FormerConfig fields of the same name and meaning
+MASK2FORMER_FIELDS = ("num_queries", "hidden_dim", "feature_size", "mask_feature_size", "encoder_layers",
+                      "decoder_layers", "num_attention_heads", "dim_feedforward", "encoder_feedforward_dim", "dropout",
+                      "activation_function", "pre_norm", "enforce_input_projection", "common_stride", "ignore_value",
+                      "no_object_weight", "class_weight", "mask_weight", "dice_weight", "train_num_points",
+                      "oversample_ratio", "importance_sample_ratio", "use_auxiliary_loss")
+
+
+@dataclass
+class PanopticConfig(DenseConfig):
+    """transformers' Mask2FormerForUniversalSegmentation (pixel decoder, masked-attention decoder, Hungarian-matched
+    loss) on a Swin backbone (all stages, each normalised unless out_norms=False). The head fields are
+    Mask2FormerConfig's, with its defaults (those of facebook/mask2former-swin-*-coco-panoptic). Saved beside every
+    panoptic checkpoint, like SwinConfig."""
+
+    name: str = "custom"
+    backbone: Any = "swin_t"              # a variant name or SwinConfig dict (window_mode "pad"), or a SwinConfig
+    num_classes: int = 133                # COCO panoptic: 80 things + 53 stuff
+    thing_classes: tuple[int, ...] | None = None  # countable classes; the others (stuff) fuse into one segment each
+    num_queries: int = 100
+    hidden_dim: int = 256                 # the masked-attention decoder's width
+    feature_size: int = 256               # the pixel decoder's width (GroupNorm of 32 groups)
+    mask_feature_size: int = 256
+    encoder_layers: int = 6               # pixel decoder: multi-scale deformable attention layers
+    decoder_layers: int = 10              # transformers builds decoder_layers - 1 masked-attention layers
+    num_attention_heads: int = 8
+    dim_feedforward: int = 2048
+    encoder_feedforward_dim: int = 1024
+    dropout: float = 0.0
+    activation_function: str = "relu"
+    pre_norm: bool = False
+    enforce_input_projection: bool = False
+    common_stride: int = 4                # the mask features' stride
+    ignore_value: int = 255
+    no_object_weight: float = 0.1         # loss: the "no object" class's weight ...
+    class_weight: float = 2.0             # ... and the matching costs / loss weights
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    train_num_points: int = 12544         # points sampled per mask for the mask losses (112 x 112)
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    use_auxiliary_loss: bool = True       # a loss on every decoder layer's predictions
+    out_norms: bool = True                # a LayerNorm per backbone output (transformers' Swinv2Backbone: none)
+
+    def __post_init__(self):
+        self._coerce_backbone()
+        if self.thing_classes is not None:
+            self.thing_classes = tuple(int(c) for c in self.thing_classes)
+        n = len(self.backbone.depths)
+        if n != 4:
+            raise ValueError(f"Mask2Former's pixel decoder takes a 4-stage backbone (strides 4-32), got {n} stages")
+        for field_, v in (("num_classes", self.num_classes), ("num_queries", self.num_queries),
+                          ("hidden_dim", self.hidden_dim), ("mask_feature_size", self.mask_feature_size),
+                          ("encoder_layers", self.encoder_layers), ("num_attention_heads", self.num_attention_heads),
+                          ("dim_feedforward", self.dim_feedforward),
+                          ("encoder_feedforward_dim", self.encoder_feedforward_dim),
+                          ("train_num_points", self.train_num_points)):
+            if v < 1:
+                raise ValueError(f"{field_} must be >= 1, got {v}")
+        if self.decoder_layers < 2:
+            raise ValueError(f"decoder_layers must be >= 2 (transformers builds decoder_layers - 1 masked-attention "
+                             f"layers), got {self.decoder_layers}")
+        if self.feature_size < 32 or self.feature_size % 32:
+            raise ValueError(f"feature_size must be a multiple of 32 (the pixel decoder's GroupNorm has 32 groups), "
+                             f"got {self.feature_size}")
+        for field_, v in (("hidden_dim", self.hidden_dim), ("feature_size", self.feature_size)):
+            if v % self.num_attention_heads:
+                raise ValueError(f"{field_} ({v}) must be a multiple of num_attention_heads "
+                                 f"({self.num_attention_heads})")
+        bad = [c for c in self.thing_classes or () if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"thing_classes must be class indices in [0, {self.num_classes}), got {bad}")
+
+    @classmethod
+    def variants(cls) -> dict[str, dict]:
+        return PANOPTIC_VARIANTS
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "PanopticConfig":
+        """As DenseConfig.from_name; a num_classes other than the variant's also drops its (COCO) thing classes unless
+        thing_classes names them for the new classes."""
+        n, things = overrides.pop("num_classes", None), overrides.pop("thing_classes", None)
+        cfg = super().from_name(name, **overrides)
+        if n is not None and n != cfg.num_classes:
+            return dataclasses.replace(cfg, num_classes=n, thing_classes=things)
+        return cfg if things is None else dataclasses.replace(cfg, thing_classes=things)
+
+    @property
+    def stuff_classes(self) -> set[int]:
+        """The classes whose segments fuse into one per image (transformers' label_ids_to_fuse): all but the things;
+        none when thing_classes is not known."""
+        return set() if self.thing_classes is None else set(range(self.num_classes)) - set(self.thing_classes)
+
+    @staticmethod
+    def is_panoptic_dict(d: dict) -> bool:
+        """Whether a config dict (a checkpoint's "config", a JSON beside the weights) is a PanopticConfig."""
+        return isinstance(d, dict) and "num_queries" in d and isinstance(d.get("backbone"), (dict, str))
+
+    def hf_config(self, class_names: list[str] | None = None) -> dict:
+        """transformers' Mask2FormerConfig as a config.json dict whose backbone_config is swinkit's
+        (SwinkitBackboneConfig, model_type "swinkit": Mask2FormerConfig.from_dict reads it once swinkit.interop.hf
+        is imported). `class_names` become id2label (default LABEL_0, LABEL_1, ...)."""
+        names = list(class_names) if class_names else [f"LABEL_{i}" for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+        n, p = len(self.backbone.depths), self.backbone.patch_size
+        backbone = dict(model_type="swinkit", swin=self.backbone.to_dict(), out_indices=list(range(1, n + 1)),
+                        out_norms=self.out_norms)
+        return dict(model_type="mask2former", architectures=["Mask2FormerForUniversalSegmentation"],
+                    backbone_config=backbone, feature_strides=[p * 2**i for i in range(n)],
+                    id2label={str(i): c for i, c in enumerate(names)}, label2id={c: i for i, c in enumerate(names)},
+                    **{f: getattr(self, f) for f in MASK2FORMER_FIELDS})
+
+
+_COCO_THINGS = tuple(range(80))  # COCO panoptic's contiguous ids: the 80 thing classes first, then 53 stuff
+
+
+def _m2f(backbone: str, params=None, gmacs=None, pq=None, size=(800, 1200), **kw):
+    """A PANOPTIC_VARIANTS entry with the published params (M), FLOPs (GMACs) and COCO panoptic PQ; `size`: the image
+    `swinkit models` measures (a COCO val image at the test size, short side 800)."""
+    cfg = dict(backbone=backbone, thing_classes=_COCO_THINGS, backbone_overrides=dict(drop_path_rate=0.3), **kw)
+    return dict(config=cfg, paper_params_m=params, paper_gmacs=gmacs, paper_pq=pq, flops_size=size)
+
+
+# name -> config. Figures: Mask2Former paper (Cheng et al., CVPR 2022), Table 1 (COCO panoptic: params, FLOPs averaged
+# over COCO val images); PQ: facebookresearch/Mask2Former MODEL_ZOO.md (Swin-B: ImageNet-1k 384 pre-training, 55.1;
+# ImageNet-22k gives 56.4; Swin-L: ImageNet-22k, 200 queries, 100 epochs). Drop path 0.3, as its Swin configs.
+PANOPTIC_VARIANTS: dict[str, dict] = {
+    "mask2former_swin_t": _m2f("swin_t", 47.0, 232.0, 53.2),
+    "mask2former_swin_s": _m2f("swin_s", 69.0, 313.0, 54.6),
+    "mask2former_swin_b": _m2f("swin_base_patch4_window12_384", 107.0, 466.0, 55.1),
+    "mask2former_swin_l": _m2f("swin_large_patch4_window12_384", 216.0, 868.0, 57.8, num_queries=200),
+}
+
+
+def list_panoptic_models() -> list[str]:
+    return list(PANOPTIC_VARIANTS)
+
+
+# ==========================================================================================================
 # Swin-UNet (Cao et al. 2021): the Swin encoder above, a symmetric Swin decoder, skip connections
 
 
@@ -961,4 +1103,70 @@ POOLFORMER_VARIANTS: dict[str, dict] = {
     "poolformer_s36": _poolformer(_POOL_S, (6, 6, 18, 6), 31, 5.0, 81.4, layer_scale=1e-6, **_DP(0.2)),
     "poolformer_m36": _poolformer(_POOL_M, (6, 6, 18, 6), 56, 8.8, 82.1, layer_scale=1e-6, **_DP(0.3)),
     "poolformer_m48": _poolformer(_POOL_M, (8, 8, 24, 8), 73, 11.6, 82.5, layer_scale=1e-6, **_DP(0.4)),
+}
+
+
+# ==========================================================================================================
+# Open-vocabulary detection: transformers' GroundingDINO on a swinkit Swin (models/grounding.py)
+
+
+@dataclass
+class GroundingConfig(DenseConfig):
+    """GroundingDINO (Liu et al. 2023): a Swin whose stages `out_indices` (transformers' numbering, 1 = the first
+    stage) and a BERT text backbone (`text`: BertConfig fields over bert-base-uncased's) feed a deformable encoder and
+    decoder of `d_model` channels with `num_feature_levels` levels (the levels beyond the stages: strided 3x3 convs)
+    and `num_queries` queries. What is not here keeps transformers' GroundingDinoConfig defaults, which are
+    IDEA-Research/grounding-dino-tiny's."""
+
+    name: str = "custom"
+    backbone: Any = "swin_t"
+    out_indices: tuple[int, ...] = (2, 3, 4)
+    text: dict = dataclasses.field(default_factory=dict)
+    d_model: int = 256
+    num_queries: int = 900
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    ffn_dim: int = 2048                   # encoder and decoder feed-forward width
+    heads: int = 8                        # encoder and decoder attention heads
+    n_points: int = 4                     # deformable attention: sampled points per head and level
+    num_feature_levels: int = 4
+    max_text_len: int = 256               # tokens of the prompt the model reads (the logits' last axis)
+
+    def __post_init__(self):
+        self._coerce_backbone()
+        self.out_indices = tuple(int(i) for i in self.out_indices)
+        n = len(self.backbone.depths)
+        if not self.out_indices or not all(1 <= i <= n for i in self.out_indices):
+            raise ValueError(f"out_indices must be backbone stages in 1..{n} (transformers' numbering), got "
+                             f"{self.out_indices}")
+        if self.num_feature_levels < len(self.out_indices):
+            raise ValueError(f"num_feature_levels ({self.num_feature_levels}) must be at least the number of stages "
+                             f"taken, out_indices {self.out_indices}")
+        for field_, v in (("d_model", self.d_model), ("num_queries", self.num_queries), ("ffn_dim", self.ffn_dim),
+                          ("encoder_layers", self.encoder_layers), ("decoder_layers", self.decoder_layers),
+                          ("heads", self.heads), ("n_points", self.n_points), ("max_text_len", self.max_text_len)):
+            if v < 1:
+                raise ValueError(f"{field_} must be >= 1, got {v}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+
+    @classmethod
+    def variants(cls) -> dict[str, dict]:
+        return GROUNDING_VARIANTS
+
+
+def _grounding(backbone: str, coco_ap: float, coco_ap_finetuned: float | None, zero_shot: bool) -> dict:
+    """A GROUNDING_VARIANTS entry with the published COCO val2017 box AP (%): as released and after fine-tuning on
+    COCO; zero_shot: no COCO images in its training data."""
+    return dict(config=dict(backbone=backbone, backbone_overrides={}), paper_params_m=None, paper_gmacs=None,
+                paper_coco_ap=coco_ap, paper_coco_ap_finetuned=coco_ap_finetuned, zero_shot=zero_shot)
+
+
+# name -> config: the released models (IDEA-Research/GroundingDINO README, its checkpoints table; on the Hugging Face
+# hub IDEA-Research/grounding-dino-tiny and -base). GroundingDINO-T (Swin-T; O365, GoldG, Cap4M): 48.4 zero-shot, 57.2
+# fine-tuned (the README's COCO evaluation script gives 48.5 with the released weights). GroundingDINO-B (Swin-B at
+# window 12 / 384; its data include COCO, so its 56.7 is not zero-shot).
+GROUNDING_VARIANTS: dict[str, dict] = {
+    "grounding_dino_swin_t": _grounding("swin_t", 48.4, 57.2, True),
+    "grounding_dino_swin_b": _grounding("swin_base_patch4_window12_384", 56.7, None, False),
 }

@@ -131,6 +131,28 @@ def measure_detection_variant(name: str, size: tuple[int, int] | None = None, pr
                 paper_gmacs=DET_VARIANTS[name]["paper_gmacs"])
 
 
+def measure_panoptic_variant(name: str, size: tuple[int, int] | None = None, **overrides) -> dict:
+    """Mask2Former variant `name` (transformers' model on swinkit's Swin; transformers: the hf extra) built on the
+    meta device: parameters and the MACs of one image of `size` (default 800 x 1200, a COCO image at the test size),
+    padded to a multiple of 32 as Mask2Former batches it. The deformable attention's sampling (grid_sample) counts
+    none, as fvcore, which the paper used."""
+    from .config import PANOPTIC_VARIANTS, PanopticConfig
+    from .models.panoptic import PanopticModel
+
+    cfg = PanopticConfig.from_name(name, **overrides)
+    size = tuple(size or PANOPTIC_VARIANTS[name]["flops_size"])
+    padded = tuple(-(-s // 32) * 32 for s in size)
+    with torch.device("meta"):
+        model = PanopticModel(cfg).eval().to("meta")  # transformers makes one parameter with torch.Tensor(): on the CPU
+        x = torch.zeros(1, cfg.in_chans, *padded)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+            model(pixel_values=x)
+    entry, bb = PANOPTIC_VARIANTS[name], cfg.backbone
+    return dict(name=name, task="panoptic", backbone=bb.name, version=bb.version, size=list(size),
+                window=bb.window_size[0][0], params_m=count_params(model) / 1e6, gmacs=counter.get_total_flops() / 2e9,
+                paper_params_m=entry["paper_params_m"], paper_gmacs=entry["paper_gmacs"])
+
+
 def _measure_classifier(name: str, cfg: SwinConfig, model_cls: type, entry: dict, window: str) -> dict:
     """A classifier of another family on Swin's skeleton, built on the meta device: parameters and the MACs of one
     image at its img_size, next to the published figures (top-1 included)."""
@@ -153,3 +175,21 @@ def measure_poolformer_variant(name: str, **overrides) -> dict:
     """PoolFormer variant `name` (the average pooling, like fvcore, counts no MACs); its "window" is the pool size."""
     cfg = PoolFormerConfig.from_name(name, **overrides)
     return _measure_classifier(name, cfg, PoolFormer, POOLFORMER_VARIANTS[name], f"pool{cfg.pool_size}")
+
+
+def measure_grounding_variant(name: str, **overrides) -> dict:
+    """GroundingDINO variant `name` (transformers' model on swinkit's Swin; transformers: the hf extra) built on the
+    meta device: its parameters only. No MACs: transformers' GroundingDINO cannot run on the meta device (its
+    deformable attention checks the feature maps' sizes by reading a tensor's value), and one CPU pass at 800 x 1333
+    under torch's counter takes half a minute (403 GMACs for Swin-T measured so, with a 4-token prompt; the text
+    backbone's share grows with the prompt)."""
+    from .config import GROUNDING_VARIANTS, GroundingConfig
+    from .models.grounding import build_grounding_dino
+
+    cfg = GroundingConfig.from_name(name, **overrides)
+    with torch.device("meta"):
+        model = build_grounding_dino(cfg)
+    entry, bb = GROUNDING_VARIANTS[name], cfg.backbone
+    return dict(name=name, task="ground", backbone=bb.name, version=bb.version, size=[800, 1333],  # the processor's
+                window=bb.window_size[0][0], params_m=count_params(model) / 1e6, gmacs=None,
+                paper_params_m=entry["paper_params_m"], paper_gmacs=entry["paper_gmacs"])

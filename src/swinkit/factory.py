@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .config import (DET_VARIANTS, DETECTORS, VARIANTS, DetectionConfig, SegmentationConfig, SwinConfig, SwinIRConfig,
-                     VideoSwinConfig)
+from .config import (DET_VARIANTS, DETECTORS, VARIANTS, DetectionConfig, PanopticConfig, SegmentationConfig, SwinConfig,
+                     SwinIRConfig, VideoSwinConfig)
 from .io.formats.restoration import load_restoration_into_named
 from .io.formats.segmentation import load_backbone_weights, read_backbone
 from .io.formats.swin import check_overrides, load_into_named
@@ -78,6 +78,25 @@ def create_segmentation_model(name: str, num_classes: int | None = None,
         return SegmentationModel(cfg)
     backbone, sd = read_backbone(backbone_checkpoint, base=cfg.backbone)
     model = SegmentationModel(dataclasses.replace(cfg, backbone=backbone))
+    load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
+    return model
+
+
+def create_panoptic_model(name: str = "mask2former_swin_t", num_classes: int | None = None,
+                          backbone_checkpoint: str | Path | None = None, **overrides):
+    """transformers' Mask2FormerForUniversalSegmentation on a Swin: a named variant (swinkit.list_panoptic_models():
+    mask2former_swin_t, ...; swinkit.models.panoptic.PanopticModel) with `num_classes` classes (another number than
+    the variant's 133 drops its COCO thing classes unless thing_classes=... is given). Overrides are PanopticConfig
+    fields (num_queries=50, thing_classes=(0, 1), train_num_points=...) or backbone SwinConfig fields
+    (drop_path_rate=0.2). `backbone_checkpoint`: initialise the backbone from any checkpoint load_model reads (e.g.
+    ImageNet weights; transferred to this model's windows); the rest starts from transformers' initialisation."""
+    from .models.panoptic import PanopticModel  # transformers: the hf extra
+
+    cfg = PanopticConfig.from_name(name, num_classes=num_classes, **overrides)
+    if backbone_checkpoint is None:
+        return PanopticModel(cfg)
+    backbone, sd = read_backbone(backbone_checkpoint, base=cfg.backbone)
+    model = PanopticModel(dataclasses.replace(cfg, backbone=backbone))
     load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
     return model
 

@@ -10,6 +10,7 @@ segmenter a Swin, so the larger models come first; the image Swin takes whatever
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,15 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import counting
-from .config import (CSWIN_VARIANTS, DET_VARIANTS, POOLFORMER_VARIANTS, SEG_VARIANTS, SWINIR_VARIANTS, UNET_VARIANTS,
-                     VARIANTS, VIDEO_VARIANTS, CSWinConfig, DetectionConfig, PoolFormerConfig, SegmentationConfig,
-                     SwinConfig, SwinIRConfig, SwinUNetConfig, VideoSwinConfig)
+from .config import (CSWIN_VARIANTS, DET_VARIANTS, PANOPTIC_VARIANTS, POOLFORMER_VARIANTS, SEG_VARIANTS,
+                     SWINIR_VARIANTS, UNET_VARIANTS, VARIANTS, VIDEO_VARIANTS, CSWinConfig, DetectionConfig,
+                     PanopticConfig, PoolFormerConfig, SegmentationConfig, SwinConfig, SwinIRConfig, SwinUNetConfig,
+                     VideoSwinConfig)
+from .config import GROUNDING_VARIANTS, GroundingConfig
 from .io import hub
 from .io.files import CheckpointError, save_state_dict
-from .io.formats import cswin, detection, poolformer, restoration, segmentation, swin, unet, video
+from .io.formats import (cswin, detection, grounding, mask2former, poolformer, restoration, segmentation, swin, unet,
+                         video)
 from .io.raw import RawCheckpoint
 from .models.cswin import CSWinTransformer
 from .models.poolformer import PoolFormer
@@ -189,6 +193,34 @@ DETECTION = Family(
     _create_detector, counting.measure_detection_variant)
 
 
+# ---- panoptic / universal segmentation: transformers' Mask2Former on a Swin
+
+
+def _panoptic_models() -> tuple[type, ...]:
+    # a PanopticModel exists only once its module is imported: asking never imports transformers (seconds)
+    module = sys.modules.get(f"{__package__}.models.panoptic")
+    return (module.PanopticModel,) if module else ()
+
+
+def _create_panoptic(name: str, **overrides):
+    from .models.panoptic import PanopticModel  # transformers: the hf extra
+
+    return PanopticModel(PanopticConfig.from_name(name, **overrides))
+
+
+_PQ = ", ".join(f"{name} {v['paper_pq']}" for name, v in PANOPTIC_VARIANTS.items())
+
+PANOPTIC = Family(
+    "panoptic", "panoptic model (133 classes)", "transformers' Mask2Former on a swinkit Swin; GMACs = one 800x1200 "
+    "COCO image (the test size, short side 800) padded to 800x1216; deformable attention's sampling counts none, as "
+    "fvcore; paper = Mask2Former paper, Table 1 (FLOPs averaged over COCO val images); COCO panoptic PQ "
+    f"(facebookresearch/Mask2Former MODEL_ZOO): {_PQ} (Swin-B pre-trained on ImageNet-22K: 56.4; Swin-L: "
+    "ImageNet-22K, 200 queries)", PanopticConfig,
+    PANOPTIC_VARIANTS, _panoptic_models, "panoptic", None, mask2former.FORMATS, mask2former.is_mask2former_state_dict,
+    mask2former.load, mask2former.inspect, mask2former.convert, _save, _create_panoptic,
+    counting.measure_panoptic_variant)
+
+
 # ---- restoration: SwinIR / Swin2SR
 
 
@@ -272,11 +304,46 @@ POOLFORMER = Family(
     poolformer.FORMAT.inspect, poolformer.FORMAT.convert, _save,
     lambda name, **kw: PoolFormer(PoolFormerConfig.from_name(name, **kw)), counting.measure_poolformer_variant)
 
-# detection first (a detector holds a backbone), then the families whose keys are their own, then segmentation (a
-# Swin and heads), then CSWin and PoolFormer (a Swin's skeleton, told apart by their mixers' keys), then the image
-# Swin, which reads whatever is left
-FAMILIES: list[Family] = [DETECTION, RESTORATION, VIDEO, UNET, SEGMENTATION, CSWIN, POOLFORMER, SWIN]
-TABLE_ORDER = [SWIN, CSWIN, POOLFORMER, SEGMENTATION, UNET, VIDEO, RESTORATION, DETECTION]  # `swinkit models`
+
+# ---- open-vocabulary detection: transformers' GroundingDINO on a swinkit Swin (transformers: the hf extra)
+
+
+def _load_grounding(raw, strict=True, use_ema=False, class_map=None, **overrides):
+    if class_map is not None or use_ema or overrides:
+        raise CheckpointError(f"{raw.path} is a GroundingDINO: class_map, use_ema and config overrides do not apply "
+                              "(its config.json records the model; its prompt names the classes)")
+    return grounding.load_grounding(raw, strict)
+
+
+def _grounding_models() -> tuple[type, ...]:
+    # a GroundingDINO exists only once transformers' module is imported: asking never imports transformers
+    module = sys.modules.get("transformers.models.grounding_dino.modeling_grounding_dino")
+    return (module.GroundingDinoForObjectDetection,) if module else ()
+
+
+def _create_grounding(name: str, **overrides):
+    from .models.grounding import build_grounding_dino
+
+    return build_grounding_dino(GroundingConfig.from_name(name, **overrides))
+
+
+GROUNDING = Family(
+    "grounding", "GroundingDINO (open vocabulary)", "transformers' GroundingDinoForObjectDetection (BERT-base "
+    "text backbone, 900 queries) on swinkit's Swin; size = the processor's resize; params measured, GMACs not (one "
+    "CPU pass takes half a minute; it measured 403 GMACs for Swin-T at 800x1344, 4 prompt tokens); COCO box AP "
+    "(official README): grounding_dino_swin_t 48.4 zero-shot (57.2 fine-tuned), grounding_dino_swin_b 56.7 (COCO in "
+    "its training data)",
+    GroundingConfig, GROUNDING_VARIANTS, _grounding_models, "ground", None, grounding.GROUNDING_FORMATS,
+    grounding.is_grounding_state_dict, _load_grounding, grounding.inspect_grounding, grounding.convert_grounding,
+    grounding.save_grounding, _create_grounding, counting.measure_grounding_variant)
+
+# GroundingDINO, Mask2Former and detection first (each holds a backbone), then the families whose keys are their own,
+# then segmentation (a Swin and heads), then CSWin and PoolFormer (a Swin's skeleton, told apart by their mixers'
+# keys), then the image Swin, which reads whatever is left
+FAMILIES: list[Family] = [GROUNDING, PANOPTIC, DETECTION, RESTORATION, VIDEO, UNET, SEGMENTATION, CSWIN, POOLFORMER,
+                          SWIN]
+TABLE_ORDER = [SWIN, CSWIN, POOLFORMER, SEGMENTATION, UNET, VIDEO, RESTORATION, DETECTION, PANOPTIC,
+               GROUNDING]  # `swinkit models`
 
 
 def family_of_state_dict(sd: dict) -> Family:

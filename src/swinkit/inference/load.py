@@ -61,9 +61,9 @@ def task_of(path: str | Path) -> type[Task]:
     the default task for anything that cannot be read: loading then says what is wrong)."""
     try:
         path = Path(path)
-        if path.is_dir() and (path / "config.json").is_file():
-            name = json.loads((path / "config.json").read_text()).get("task")
-        else:
+        config = path / "config.json"  # a run directory's; a model directory's has no task: read its weights
+        name = json.loads(config.read_text()).get("task") if path.is_dir() and config.is_file() else None
+        if name is None:
             with warnings.catch_warnings():  # load_trained reports what is wrong with the weights
                 warnings.simplefilter("ignore")
                 name = _task_name(read_raw(checkpoint_file(path)))  # the command's one read of the file

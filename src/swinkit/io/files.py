@@ -274,3 +274,17 @@ def write_converted(out: dict, path: Path, hf_config: dict | None, wrap) -> Path
     else:
         write_safetensors(out, path)
     return path
+
+
+def side_configs(weights: Path):
+    """The JSON objects beside a weights file, in the order they speak for it: `<stem>.json` (swinkit's), then
+    `config.json` (a model directory's); files that do not read as a JSON object are passed over."""
+    import json
+
+    for side in (weights.with_suffix(".json"), weights.parent / "config.json"):
+        try:
+            c = json.loads(side.read_text()) if side.exists() and side != weights else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(c, dict):
+            yield c

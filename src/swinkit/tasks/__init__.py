@@ -13,6 +13,8 @@ TASKS: dict[str, str | type[Task]] = {  # name -> "module:class" (or the class i
     "restore": "swinkit.tasks.restore:RestoreTask",
     "detect": "swinkit.tasks.detect:DetectTask",
     "pretrain": "swinkit.tasks.pretrain:PretrainTask",
+    "ground": "swinkit.tasks.grounding:GroundTask",  # predict only (GroundingDINO)
+    "panoptic": "swinkit.tasks.panoptic:PanopticTask",
 }
 DEFAULT_TASK = "classify"
 

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 size = "x".join(map(str, r["size"]))
                 print(f"{r['name']:36} {r['version']:>1} {size:>11} {r['window']:>6} {r['params_m']:>10.1f} "
-                      f"{fmt(r['paper_params_m'], '.1f'):>6} {r['gmacs']:>7.1f} {fmt(r['paper_gmacs'], '.1f'):>6}",
+                      f"{fmt(r['paper_params_m'], '.1f'):>6} {fmt(r['gmacs'], '.1f'):>7} "  # gmacs None: not measured
+                      f"{fmt(r['paper_gmacs'], '.1f'):>6}",
                       flush=True)
         if not args.json:
             print(note)

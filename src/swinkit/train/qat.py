@@ -24,29 +24,15 @@ model's state dict has the float model's keys, so the checkpoints of a QAT run a
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 
 import torch
 import torch.nn as nn
 
 from ..tools.quantize import REDUCE_RANGE
+from ..utils.logs import quiet_logger
 
 # the last name part of the Linear layers fake-quantized inside a Swin, besides everything under `head`
 QAT_LAYERS = ("qkv", "proj", "fc1", "fc2", "reduction")
-
-
-@contextlib.contextmanager
-def _quiet_import():
-    """Importing torchao makes torch log a deprecation warning per enum it registers (register_constant on Enum
-    subclasses); nothing a user can act on."""
-    log = logging.getLogger("torch.utils._pytree")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def is_qat_layer(module: nn.Module, name: str) -> bool:
@@ -70,7 +56,7 @@ def qat_config():
 def prepare_qat(model: nn.Module) -> int:
     """Swap the layers `is_qat_layer` selects for torchao's FakeQuantizedLinear, in place (keeping the same parameter
     tensors); returns the number of fake-quantized layers the model then has."""
-    with _quiet_import():
+    with quiet_logger("torch.utils._pytree"):
         try:
             from torchao.quantization import quantize_
         except ImportError as e:

@@ -1,1 +1,2 @@
-"""Utilities every command may use: the CPU allocator tuning (allocator.py) and what this CPU can do (cpu.py)."""
+"""Utilities every command may use: the CPU allocator tuning (allocator.py), what this CPU can do (cpu.py) and
+silencing libraries' log messages (logs.py)."""

@@ -26,7 +26,7 @@ import torch
 from ...config import SWINIR_VARIANTS, SwinIRConfig
 from ...models.swinir import SwinIR
 from ...nn.windows import attention_mask, relative_position_index
-from ..files import CheckpointError, save_state_dict, write_converted
+from ..files import CheckpointError, save_state_dict, side_configs, write_converted
 from ..keymap import Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..hub import download_pretrained
 from ..raw import RawCheckpoint, read_raw
@@ -311,11 +311,7 @@ def _restoration_side_info(raw: RawCheckpoint) -> tuple[dict, bool]:
         return obj["config"], True
     if "swinkit_config" in meta and SwinIRConfig.is_restoration_dict(c := json.loads(meta["swinkit_config"])):
         return c, True
-    for side in (raw.weights.with_suffix(".json"), raw.weights.parent / "config.json"):
-        try:
-            c = json.loads(side.read_text()) if side.exists() and side != raw.weights else None
-        except (OSError, json.JSONDecodeError):
-            continue
+    for c in side_configs(raw.weights):
         if SwinIRConfig.is_restoration_dict(c):
             return c, True
         if isinstance(c, dict) and c.get("model_type") == "swin2sr":

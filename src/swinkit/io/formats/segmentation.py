@@ -17,12 +17,11 @@ import torch
 from ...config import SEG_VARIANTS, SegmentationConfig, SwinConfig
 from ...models.backbone import SwinBackbone
 from ...models.segmentation import SegmentationModel
-from ..files import CheckpointError
+from ..files import CheckpointError, save_state_dict, side_configs, write_converted
 from ..keymap import Format, Layout, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
-from ..files import save_state_dict, write_converted
 from .swin import (HF, MMDET, STRUCTURE, SWINKIT, TEMPLATES, Checkpoint, Imported, check_shapes, consistent,
-                   fit_weights, from_swinkit, hf_config, import_state_dict, infer_config, known_from_hf,
+                   fit_weights, from_swinkit, hf_backbone_config, import_state_dict, infer_config, known_from_hf,
                    read_checkpoint, target_config, uniform)
 
 
@@ -289,11 +288,7 @@ def _segmentation_side_info(raw: RawCheckpoint) -> tuple[dict, list | None, bool
         return obj["config"], obj.get("class_names"), True
     if "swinkit_config" in meta and SegmentationConfig.is_segmentation_dict(c := json.loads(meta["swinkit_config"])):
         return c, json.loads(meta.get("class_names", "null")), True
-    for side in (raw.weights.with_suffix(".json"), raw.weights.parent / "config.json"):
-        try:
-            c = json.loads(side.read_text()) if side.exists() and side != raw.weights else None
-        except (OSError, json.JSONDecodeError):
-            continue
+    for c in side_configs(raw.weights):
         if SegmentationConfig.is_segmentation_dict(c):
             return c, c.get("class_names"), True
         if isinstance(c, dict) and c.get("model_type") == "upernet":
@@ -426,13 +421,7 @@ def load_backbone_weights(backbone: SwinBackbone, sd: dict, source: str) -> None
 
 def _hf_upernet_config(cfg: SegmentationConfig, class_names: list[str] | None) -> dict:
     """config.json for transformers' UperNetForSemanticSegmentation with a SwinBackbone."""
-    backbone = hf_config(dataclasses.replace(cfg.backbone, num_classes=0), None)
-    for k in ("architectures", "id2label", "label2id"):
-        backbone.pop(k)
-    if cfg.backbone.version == 2:  # Swinv2 clamps its windows to the stage maps of image_size: make them larger
-        n, p, win = len(cfg.backbone.depths), cfg.backbone.patch_size, max(max(w) for w in cfg.backbone.window_size)
-        backbone["image_size"] = [max(s, p * 2 ** (n - 1) * 2 * win) for s in cfg.backbone.img_size]
-    backbone["out_features"] = [f"stage{i + 1}" for i in range(len(cfg.backbone.depths))]
+    backbone = hf_backbone_config(cfg.backbone, [f"stage{i + 1}" for i in range(len(cfg.backbone.depths))])
     names = class_names or [f"LABEL_{i}" for i in range(cfg.num_classes)]
     return dict(model_type="upernet", architectures=["UperNetForSemanticSegmentation"], backbone_config=backbone,
                 hidden_size=cfg.channels, pool_scales=list(cfg.pool_scales), use_auxiliary_head=cfg.aux_head,

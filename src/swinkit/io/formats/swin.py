@@ -24,7 +24,7 @@ from ...config import VARIANTS, SwinConfig, SwinIRConfig, VideoSwinConfig
 from ...models.swin import SwinTransformer
 from ...models.video import VideoSwinTransformer
 from ...nn.windows import attention_mask, log_spaced_coords, relative_position_index, window_and_shift
-from ..files import CheckpointError, save_state_dict, write_converted
+from ..files import CheckpointError, save_state_dict, side_configs, write_converted
 from ..hub import download_pretrained
 from ..keymap import Format, Layout, T, apply_key_map, expand_rules, listing, report_unknown
 from ..raw import RawCheckpoint, read_raw
@@ -527,13 +527,7 @@ def side_info(weights: Path, obj, meta: dict) -> tuple[dict, list | None, bool]:
         return obj["config"], obj.get("class_names"), True  # swinkit training checkpoint
     if "swinkit_config" in meta:
         return json.loads(meta["swinkit_config"]), json.loads(meta.get("class_names", "null")), True
-    for side in (weights.with_suffix(".json"), weights.parent / "config.json"):
-        try:
-            c = json.loads(side.read_text()) if side.exists() and side != weights else None
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(c, dict):
-            continue
+    for c in side_configs(weights):
         if "embed_dim" in c and "depths" in c and "model_type" not in c:
             return c, c.get("class_names"), True  # swinkit's config beside its .safetensors
         if c.get("model_type") in ("swin", "swinv2"):
@@ -798,6 +792,37 @@ def hf_config(cfg: SwinConfig, class_names: list[str] | None) -> dict:
     if v2:
         c["pretrained_window_sizes"] = [p[0] for p in cfg.pretrained_window_sizes]
     return c
+
+
+def hf_v2_stages(cfg: SwinConfig, window: int) -> tuple[list[Pair], tuple[str, ...]]:
+    """The windows and mixers of transformers' Swinv2 with window `window` at cfg.img_size: it fixes them when built,
+    per stage, from the map of image_size (height axis): window min(map, window), unshifted where map <= window."""
+    wins, mixers = [], []
+    for i in range(len(cfg.depths)):
+        r = cfg.img_size[0] // cfg.patch_size // 2**i
+        wins.append((min(r, window),) * 2)
+        mixers.append("window" if r <= window else "shifted_window")
+    return wins, tuple(mixers)
+
+
+def hf_backbone_config(cfg: SwinConfig, out_features: list[str]) -> dict:
+    """backbone_config for transformers' SwinBackbone / Swinv2Backbone inside a larger model (UperNet, Mask2Former,
+    GroundingDINO): hf_config without the classifier's fields. Both always shift, except that Swinv2 fixes smaller,
+    unshifted windows for stage maps of image_size no larger than the window (hf_v2_stages)."""
+    win = max(max(w) for w in cfg.window_size)
+    frozen = cfg.version == 2 and (list(map(tuple, cfg.window_size)), cfg.mixer) == hf_v2_stages(cfg, win)
+    if set(cfg.mixer) != {"shifted_window"} and not frozen:
+        raise ValueError(f"transformers' Swin{'v2' if cfg.version == 2 else ''}Backbone shifts the windows of every "
+                         f"stage; this model's stages have mixers {'-'.join(cfg.mixer)}")
+    backbone = hf_config(dataclasses.replace(cfg, num_classes=0, window_size=win if frozen else cfg.window_size),
+                         None)
+    for k in ("architectures", "id2label", "label2id"):
+        backbone.pop(k)
+    if cfg.version == 2 and not frozen:  # make image_size large enough that Swinv2 fixes no smaller window
+        n, p = len(cfg.depths), cfg.patch_size
+        backbone["image_size"] = [max(s, p * 2 ** (n - 1) * 2 * win) for s in cfg.img_size]
+    backbone["out_features"] = list(out_features)
+    return backbone
 
 
 def write_swin_checkpoint(sd: dict, cfg: SwinConfig, path, fmt: str = "swinkit", class_names=None,

@@ -1,0 +1,1 @@
+"""swinkit inside other frameworks: hf (transformers' AutoBackbone)."""
