@@ -23,7 +23,8 @@ from test_panoptic_data import make_dataset  # noqa: E402
 OPTS = {"threshold": 0.8, "mask_threshold": 0.5, "overlap": 0.8}
 TINY = ["--embed-dim", "16", "--depths", "1", "1", "1", "1", "--num-heads", "1", "2", "4", "8", "--window-size", "4",
         "--hidden-dim", "32", "--num-queries", "6", "--encoder-layers", "1", "--decoder-layers", "2",
-        "--train-num-points", "64", "--crop-size", "64", "--batch-size", "2", "--epochs", "1", "--threads", "2"]
+        "--train-num-points", "64", "--crop-size", "64", "--batch-size", "2", "--epochs", "1", "--repeat", "1",
+        "--threads", "2"]
 
 
 class Oracle(torch.nn.Module):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import SwinConfig
+from ...utils.logs import quiet_logger
 from ..files import CheckpointError
 from ..keymap import report_unknown
 from .segmentation import BACKBONE_TEMPLATES, SEG_BACKBONES
@@ -148,8 +149,9 @@ def build_hf_model(model_cls: type, config: dict, sd: dict, where: str, strict: 
 
     from ...interop import hf  # noqa: F401  registers "swinkit" with AutoConfig / AutoBackbone
 
-    cfg = model_cls.config_class.from_dict(config)
-    model = model_cls(cfg)
+    # transformers' heads warn that any backbone but their own Swin "is not a supported model": swinkit's is
+    with quiet_logger("transformers"):
+        model = model_cls(model_cls.config_class.from_dict(config))
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items()
            if k in own and own[k].shape != v.shape]
