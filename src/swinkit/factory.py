@@ -73,11 +73,17 @@ def create_segmentation_model(name: str, num_classes: int | None = None,
     SwinConfig fields (drop_path_rate=0.2). `backbone_checkpoint`: initialise the backbone from any checkpoint
     load_model reads (e.g. ImageNet classification weights; transferred to this model's windows); the heads
     start from their initialisation."""
-    cfg = SegmentationConfig.from_name(name, num_classes=num_classes, **overrides)
+    return _with_backbone(SegmentationModel, SegmentationConfig.from_name(name, num_classes=num_classes, **overrides),
+                          backbone_checkpoint)
+
+
+def _with_backbone(model_cls: type, cfg, backbone_checkpoint: str | Path | None):
+    """model_cls(cfg), its `backbone` (a SwinBackbone) holding the Swin of `backbone_checkpoint` when one is given
+    (any file load_model reads, transferred to cfg.backbone's windows; its architecture must be cfg.backbone's)."""
     if backbone_checkpoint is None:
-        return SegmentationModel(cfg)
+        return model_cls(cfg)
     backbone, sd = read_backbone(backbone_checkpoint, base=cfg.backbone)
-    model = SegmentationModel(dataclasses.replace(cfg, backbone=backbone))
+    model = model_cls(dataclasses.replace(cfg, backbone=backbone))
     load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
     return model
 
@@ -92,13 +98,8 @@ def create_panoptic_model(name: str = "mask2former_swin_t", num_classes: int | N
     ImageNet weights; transferred to this model's windows); the rest starts from transformers' initialisation."""
     from .models.panoptic import PanopticModel  # transformers: the hf extra
 
-    cfg = PanopticConfig.from_name(name, num_classes=num_classes, **overrides)
-    if backbone_checkpoint is None:
-        return PanopticModel(cfg)
-    backbone, sd = read_backbone(backbone_checkpoint, base=cfg.backbone)
-    model = PanopticModel(dataclasses.replace(cfg, backbone=backbone))
-    load_backbone_weights(model.backbone, sd, str(backbone_checkpoint))
-    return model
+    return _with_backbone(PanopticModel, PanopticConfig.from_name(name, num_classes=num_classes, **overrides),
+                          backbone_checkpoint)
 
 
 def create_detector(detector: str, backbone: str | Path | None = None, num_classes: int | None = None,
