@@ -9,8 +9,9 @@ with the same weights (convert_state_dict). Paths:
   images);
 - timm's export by timm's own path (timm.utils.onnx.onnx_export, TorchScript exporter, opset 17) in onnxruntime fp32
   and dynamic INT8;
-- OpenVINO fp32 and INT8 (NNCF post-training quantization, transformer mode, the same 64 calibration images) on
-  timm's export and on swinkit's; OpenVINO bf16 only on CPUs with AVX-512 BF16 / AMX.
+- OpenVINO fp32 and INT8 (NNCF post-training quantization with the settings NNCF_BEST, chosen by
+  benchmarks/openvino_int8.py; the same 64 calibration images) on timm's export and on swinkit's; OpenVINO bf16 only
+  on CPUs with AVX-512 BF16 / AMX.
 Each round times every path at every batch size (the order rotates between rounds); the table holds medians of
 --rounds rounds. Peak memory: a fresh process per path and batch makes the path (from the files the main run left
 in benchmarks/runs/deploy_cpu) and runs it three times; its peak resident set (Linux VmHWM) above the interpreter
@@ -101,15 +102,70 @@ def ov_fn(model_file: Path, threads: int, precision: str):
     return fn
 
 
-def nncf_int8(onnx_file: Path, calib: np.ndarray, out: Path) -> Path:
-    """NNCF post-training INT8 of an ONNX file for OpenVINO (transformer preset), saved as OpenVINO IR."""
+def first_and_last_layers(model) -> list[str]:
+    """Names of an OpenVINO model's first Convolution (the patch embedding) and its last MatMul or Convolution (the
+    classifier or segmentation head)."""
+    ops = model.get_ordered_ops()
+    first = next(o for o in ops if o.get_type_name() == "Convolution")
+    last = next(o for o in reversed(ops) if o.get_type_name() in ("MatMul", "Convolution"))
+    return [first.get_friendly_name(), last.get_friendly_name()]
+
+
+def _no_smooth_quant(nncf) -> dict:
+    return dict(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1))
+
+
+# NNCF post-training settings: name -> (nncf, OpenVINO model) -> nncf.quantize keyword arguments. "transformer" was
+# this script's setting until benchmarks/openvino_int8.py measured them all (speed on Swin-T, accuracy on the trained
+# models); NNCF_BEST is what the OpenVINO INT8 rows use, on timm's export and on swinkit's alike
+NNCF_VARIANTS = {
+    "transformer": lambda nncf, m: dict(model_type=nncf.ModelType.TRANSFORMER),  # SmoothQuant 0.95, preset MIXED
+    "transformer, no SmoothQuant": lambda nncf, m: dict(
+        model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=nncf.AdvancedQuantizationParameters(
+            **_no_smooth_quant(nncf))),
+    "transformer, no SmoothQuant, first + last layer fp32": lambda nncf, m: dict(
+        model_type=nncf.ModelType.TRANSFORMER, ignored_scope=nncf.IgnoredScope(names=first_and_last_layers(m)),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(**_no_smooth_quant(nncf))),
+    "transformer, preset PERFORMANCE": lambda nncf, m: dict(model_type=nncf.ModelType.TRANSFORMER,
+                                                            preset=nncf.QuantizationPreset.PERFORMANCE),
+    "transformer, first + last layer fp32": lambda nncf, m: dict(
+        model_type=nncf.ModelType.TRANSFORMER, ignored_scope=nncf.IgnoredScope(names=first_and_last_layers(m))),
+    "transformer, full bias correction": lambda nncf, m: dict(model_type=nncf.ModelType.TRANSFORMER,
+                                                              fast_bias_correction=False),
+    "transformer, 7-bit weights (overflow fix)": lambda nncf, m: dict(  # int16 saturation on x86 without VNNI
+        model_type=nncf.ModelType.TRANSFORMER, advanced_parameters=nncf.AdvancedQuantizationParameters(
+            overflow_fix=nncf.OverflowFix.ENABLE)),
+    "no model type (CNN defaults)": lambda nncf, m: {},
+}
+NNCF_BEST = "transformer, no SmoothQuant, first + last layer fp32"
+
+
+def slug(variant: str) -> str:
+    """A file-name form of an NNCF_VARIANTS name."""
+    return "".join(c if c.isalnum() else "_" for c in variant).strip("_")
+
+
+def nncf_quantize(onnx_file: Path, calib: np.ndarray, variant: str = NNCF_BEST):
+    """NNCF post-training INT8 of an ONNX file for OpenVINO (an ov.Model) with the settings NNCF_VARIANTS[variant],
+    calibrated on calib (N, C, H, W) one image at a time."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx_file))
     data = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    q = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
-    ov.save_model(q, str(out))
+    settings = NNCF_VARIANTS[variant](nncf, model)
+    # every setting keeps Pad's input float: OpenVINO 2026.4's CPU plugin crashes (SIGSEGV) compiling a FakeQuantize
+    # right before a Pad, as NNCF puts it without SmoothQuant in front of the UPerNet's window padding at 360x480
+    scope = settings.pop("ignored_scope", nncf.IgnoredScope())
+    settings["ignored_scope"] = nncf.IgnoredScope(names=scope.names, types=[*scope.types, "Pad"], validate=False)
+    return nncf.quantize(model, data, subset_size=len(calib), **settings)
+
+
+def nncf_int8(onnx_file: Path, calib: np.ndarray, out: Path, variant: str = NNCF_BEST) -> Path:
+    """nncf_quantize saved as OpenVINO IR at out."""
+    import openvino as ov
+
+    ov.save_model(nncf_quantize(onnx_file, calib, variant), str(out))
     return out
 
 
@@ -171,6 +227,22 @@ def time_once(fn, x: np.ndarray, min_time: float) -> tuple[float, float]:
     return len(x) * len(times) / sum(times), statistics.median(times)
 
 
+def interleave(paths: list[Path_], xs: np.ndarray, batches: list[int], rounds: int, min_time: float,
+               log) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(path name, batch) -> [(images/s, median seconds per call)] of each round: every round times every path at
+    every batch (on the first images of xs), starting one path later than the round before."""
+    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        order = paths[r % len(paths):] + paths[:r % len(paths)]
+        for b in batches:
+            x = np.ascontiguousarray(xs[np.arange(b) % len(xs)])
+            for q in order:
+                runs.setdefault((q.name, b), []).append(time_once(q.fn, x, min_time if b > 1 else 1.0))
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{q.name} b{b} {runs[(q.name, b)][-1][0]:.1f}"
+                                                   for b in batches for q in paths))
+    return runs
+
+
 class Builder:
     """Every path's model and files, each made on first use and kept in `work` (benchmarks/runs/deploy_cpu), so that
     a memory worker makes only what its path needs and reuses the files the main run wrote."""
@@ -189,7 +261,7 @@ class Builder:
         sk.load_state_dict(convert_state_dict(tm.state_dict(), src="timm"))
         return tm, sk.eval()
 
-    def _file(self, name: str, make) -> tuple[Path, float]:
+    def file(self, name: str, make) -> tuple[Path, float]:
         """(work/name, seconds spent making it now: 0 when it was there)."""
         path, t0 = self.work / name, time.perf_counter()
         if not path.exists():
@@ -198,14 +270,14 @@ class Builder:
 
     @functools.cached_property
     def sk_onnx(self):
-        return self._file("swinkit_swin_t.onnx",
+        return self.file("swinkit_swin_t.onnx",
                           lambda f: export(self.models[1], f, "onnx", (224, 224), log=self.log))
 
     @functools.cached_property
     def tm_onnx(self):
         from timm.utils.onnx import onnx_export
 
-        return self._file("timm_swin_t.onnx", lambda f: onnx_export(
+        return self.file("timm_swin_t.onnx", lambda f: onnx_export(
             self.models[0], str(f), input_size=(3, 224, 224), batch_size=1, opset=17, use_dynamo=False, check=False))
 
     @functools.cached_property
@@ -240,11 +312,11 @@ class Builder:
         out["swinkit -> onnxruntime fp32"] = lambda: onnx_path("swinkit -> onnxruntime fp32", "fp32",
                                                                lambda: self.sk_onnx)
         out["swinkit -> onnxruntime INT8 (swinkit quantize)"] = lambda: onnx_path(
-            "swinkit -> onnxruntime INT8 (swinkit quantize)", "int8", lambda: self._file(
+            "swinkit -> onnxruntime INT8 (swinkit quantize)", "int8", lambda: self.file(
                 "swinkit_swin_t.int8.onnx", lambda f: quantize_onnx(self.sk_onnx[0], f, self.calib[0])))
         out["timm -> onnxruntime fp32"] = lambda: onnx_path("timm -> onnxruntime fp32", "fp32", lambda: self.tm_onnx)
         out["timm -> onnxruntime dynamic INT8"] = lambda: onnx_path(
-            "timm -> onnxruntime dynamic INT8", "int8", lambda: self._file(
+            "timm -> onnxruntime dynamic INT8", "int8", lambda: self.file(
                 "timm_swin_t.int8dyn.onnx",
                 lambda f: quantize_dynamic(str(self.tm_onnx[0]), str(f), weight_type=QuantType.QInt8)))
 
@@ -254,7 +326,7 @@ class Builder:
                 return Path_(f"{lib} -> OpenVINO {precision}", "openvino", precision, ov_fn(src, t, precision[0] + "32"
                                                                                              if precision == "fp32"
                                                                                              else "bf16"), src)
-            ir, s = self._file(f"{lib}_swin_t.nncf_int8.xml", lambda f: nncf_int8(src, self.calib[1], f))
+            ir, s = self.file(f"{lib}_swin_t.nncf_{slug(NNCF_BEST)}.xml", lambda f: nncf_int8(src, self.calib[1], f))
             return Path_(f"{lib} -> OpenVINO INT8 (NNCF)", "openvino", "int8", ov_fn(ir, t, "f32"),
                          ir.with_suffix(".bin"), s)
         bf16 = ov_has_bf16()
@@ -304,14 +376,19 @@ def swin_t_macs() -> int:
     return bench.forward_macs(create_model("swin_t").eval(), torch.zeros(1, 3, 224, 224))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def timing_arguments(p: argparse.ArgumentParser) -> None:
+    """--rounds, --batches, --threads and --min-time, as `interleave` takes them."""
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batches", type=int, nargs="+", default=[16, 1])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement (at least 3 calls)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    timing_arguments(p)
     p.add_argument("--images", type=int, default=1000, help="photographs for top-1 agreement")
     p.add_argument("--calib", type=int, default=64, help="calibration images (COCO128) for the INT8 paths")
-    p.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement (at least 3 calls)")
     p.add_argument("--only", nargs="+", help="substrings of path names to keep (a quick partial run)")
     p.add_argument("--memory-only", action="store_true", help="only (re)measure the peak memory of deploy_cpu.csv's "
                                                               "rows, one fresh process each")
@@ -349,15 +426,7 @@ def timing(args, log) -> None:
     gflops = {"fp32": bench.matmul_gflops("cpu", torch.float32), "bf16": bench.matmul_gflops("cpu", torch.bfloat16),
               "int8": int8_gops(args.threads)}
     log("matmul: " + ", ".join(f"{k} {v:.0f} G(FL)OP/s" for k, v in gflops.items()))
-    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for r in range(args.rounds):
-        order = paths[r % len(paths):] + paths[:r % len(paths)]
-        for b in args.batches:
-            x = np.ascontiguousarray(xs[np.arange(b) % len(xs)])
-            for q in order:
-                runs.setdefault((q.name, b), []).append(time_once(q.fn, x, args.min_time if b > 1 else 1.0))
-        log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{q.name} b{b} {runs[(q.name, b)][-1][0]:.1f}"
-                                                        for b in args.batches for q in paths))
+    runs = interleave(paths, xs, args.batches, args.rounds, args.min_time, log)
     rows = []
     stamp = dict(threads=args.threads, machine=bench.machine("cpu"), date=time.strftime("%Y-%m-%d %H:%M"))
     macs = swin_t_macs()

@@ -7,11 +7,13 @@ Models (trained here with the existing recipes; benchmarks/distill_simmim_cifar1
 - cifar10-mini: the `--recipe small` student (benchmarks/runs/c10_student), 2,000 val images, top-1;
 - the same after `swinkit train --qat --pretrained c10_student/best.pt` (made here when --qat's folder is missing:
   3 epochs, lr 1e-4, no warmup), quantized the same way;
-- CamVid: the 20-minute UPerNet (benchmarks/runs/camvid_budget20_upernet), 101 val images at 720x960, mIoU.
+- CamVid: the 20-minute UPerNet (benchmarks/runs/panoptic_budget/upernet_20min), 101 val images at the size
+  `swinkit eval` reads them (360x480), mIoU.
 Paths: `swinkit eval` in float32 and with `--dtype bfloat16`; the model exported by swinkit (`export`, at the eval
 size) in onnxruntime fp32; `swinkit quantize` (onnxruntime static INT8, 64 calibration images from the training
-split; 16 for CamVid) in onnxruntime; NNCF INT8 of the same export in OpenVINO (same calibration images). Every
-path sees the images exactly as `swinkit eval` prepares them.
+split; 16 for CamVid) in onnxruntime; NNCF INT8 of the same export in OpenVINO (same calibration images, the settings
+deploy_cpu.NNCF_BEST that benchmarks/openvino_int8.py chose). Every path sees the images exactly as `swinkit eval`
+prepares them.
 
 Writes benchmarks/quantize_accuracy.csv and .md.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deploy_cpu import nncf_quantize
 from swinkit.cli import main as swinkit
 from swinkit.data import ImageFolderDataset, eval_transform
 from swinkit.inference.load import load_trained
@@ -99,11 +102,10 @@ def ort(path: Path):
 
 
 def openvino_int8(path: Path, calib: list[np.ndarray]):
-    import nncf
+    """NNCF INT8 of an ONNX file with deploy_cpu's settings (NNCF_BEST), compiled for this CPU."""
     import openvino as ov
 
-    q = nncf.quantize(ov.Core().read_model(str(path)), nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
-                      subset_size=len(calib))
+    q = nncf_quantize(path, np.concatenate(calib))
     compiled = ov.Core().compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                   "INFERENCE_PRECISION_HINT": "f32"})
     return lambda x: compiled(x)[0]
@@ -158,7 +160,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", type=Path, default=RUNS / "c10_student")
     p.add_argument("--qat", type=Path, default=RUNS / "c10_qat")
-    p.add_argument("--camvid", type=Path, default=RUNS / "camvid_budget20_upernet")
+    p.add_argument("--camvid", type=Path, default=RUNS / "panoptic_budget" / "upernet_20min")
     p.add_argument("--no-bf16-camvid", action="store_true", help="skip CamVid's bf16 eval (slow on CPUs without "
                                                                   "AVX-512 BF16, where bf16 is emulated)")
     p.add_argument("--threads", type=int, default=2)

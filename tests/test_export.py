@@ -13,6 +13,8 @@ from PIL import Image
 import swinkit
 from swinkit import SegmentationConfig, SegmentationModel, SwinConfig, SwinIR, SwinIRConfig, SwinTransformer
 from swinkit import VideoSwinConfig, VideoSwinTransformer
+from swinkit.config import SwinUNetConfig
+from swinkit.models.unet import SwinUNet
 from swinkit.tools import export as E
 
 from conftest import randomize_
@@ -96,17 +98,18 @@ def test_onnx_classifier_v1_matches_eager_at_sizes_and_batches(exported_v1):
     check_sizes(exported_v1[1], exported_v1[2], exported_v1[0], (48, 40))
 
 
-def test_onnx_classifier_v2_matches_eager_at_sizes_and_batches(tmp_path):
-    model = classifier(2)
-    info = E.export(model, tmp_path / "m.onnx", "onnx", (32, 32))
-    check_sizes(tmp_path / "m.onnx", info, model, (48, 40))
+@pytest.fixture(scope="module")
+def exported_segmenter(tmp_path_factory):
+    """The UPerNet segmenter exported once with a checkpoint's labels: (model, path, info)."""
+    model, path = segmenter(), tmp_path_factory.mktemp("seg") / "s.onnx"
+    labels = {"names": ["bg", "road", "car"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]], "ignore_index": 255}
+    return model, path, E.export(model, path, "onnx", (32, 32), meta={"labels": labels})
 
 
-def test_onnx_segmentation_matches_eager_at_sizes_and_batches(tmp_path):
-    model = segmenter()
-    info = E.export(model, tmp_path / "s.onnx", "onnx", (32, 32))
+def test_onnx_segmentation_matches_eager_at_sizes_and_batches(exported_segmenter):
+    model, path, info = exported_segmenter
     assert info["task"] == "segment"
-    check_sizes(tmp_path / "s.onnx", info, model, (48, 40))
+    check_sizes(path, info, model, (48, 40))
 
 
 def test_onnx_restoration_matches_eager_at_sizes_and_batches(tmp_path):
@@ -209,27 +212,100 @@ def test_predict_onnx_equals_torch_prediction_without_torch(image_size, checkpoi
         assert abs(p["prob"] - prob[p["index"]].item()) <= tol
 
 
-def test_predict_onnx_segmentation_mask_equals_torch(tmp_path):
-    model = segmenter()
-    E.export(model, tmp_path / "s.onnx", "onnx", (32, 32), do_verify=False,
-             meta={"labels": {"names": ["bg", "road", "car"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-                              "ignore_index": 255}})
-    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "a.png")
-    meta = E.read_metadata(tmp_path / "s.onnx")
-    x = (torch.from_numpy(rgb).float().permute(2, 0, 1) / 255 - torch.tensor(meta["mean"])[:, None, None]) \
-        / torch.tensor(meta["std"])[:, None, None]
-    with torch.no_grad():
-        expected = model(x[None])[0].argmax(0).numpy()
+def test_predict_onnx_segmentation_masks_equal_torch_at_any_image_size(exported_segmenter, tmp_path):
+    """One dynamic file, images of three sizes (square, non-square, not multiples of anything): each mask is the
+    torch model's own at that image's size, with no resizing."""
+    model, path, info = exported_segmenter
+    assert info["input_shape"] == ["batch", 3, "height", "width"]
+    meta, expected, files = E.read_metadata(path), {}, []
+    for i, (h, w) in enumerate([(32, 32), (45, 27), (70, 53)]):
+        rgb = np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / f"a{i}.png")
+        files.append(str(tmp_path / f"a{i}.png"))
+        x = (torch.from_numpy(rgb).float().permute(2, 0, 1) / 255 - torch.tensor(meta["mean"])[:, None, None]) \
+            / torch.tensor(meta["std"])[:, None, None]
+        with torch.no_grad():
+            expected[f"a{i}"] = model(x[None])[0].argmax(0).numpy()
     out = tmp_path / "masks"
-    r = _run_without_torch(f"rc = (E.predict_onnx([{str(tmp_path / 'a.png')!r}], {str(tmp_path / 's.onnx')!r}, "
-                           f"json=True, out={str(out)!r}))")
+    r = _run_without_torch(f"rc = (E.predict_onnx({files!r}, {str(path)!r}, json=True, out={str(out)!r}))")
     assert r.returncode == 0, r.stderr
-    png = Image.open(out / "a.png")
-    assert png.mode == "P" and png.getpalette()[:9] == [0, 0, 0, 255, 0, 0, 0, 255, 0]
-    np.testing.assert_array_equal(np.asarray(png), expected)
-    line = json.loads(r.stdout)
-    assert abs(sum(line["classes"].values()) - 1) < 1e-9 and set(line["classes"]) <= {"bg", "road", "car"}
+    for name, mask in expected.items():
+        png = Image.open(out / f"{name}.png")
+        assert png.mode == "P" and png.getpalette()[:9] == [0, 0, 0, 255, 0, 0, 0, 255, 0]
+        np.testing.assert_array_equal(np.asarray(png), mask)
+    for line in map(json.loads, r.stdout.splitlines()):
+        assert abs(sum(line["classes"].values()) - 1) < 1e-9 and set(line["classes"]) <= {"bg", "road", "car"}
+
+
+def test_dynamic_file_is_verified_at_five_sizes(exported_v1):
+    """export() checks a dynamic file at five sizes and batches 1 and 3: square and not, sizes that are not window
+    multiples, and one whose last stage (window 4) is a map smaller than the window."""
+    model, path, info = exported_v1
+    assert info["input_shape"] == ["batch", 3, "height", "width"] and info["fixed_reason"] is None
+    rows = info["verified"]
+    sizes = {tuple(r["size"]) for r in rows}
+    assert len(sizes) >= 5 and {r["batch"] for r in rows} == {1, 3} and len(rows) == 2 * len(sizes)
+    assert any(h != w for h, w in sizes) and any(h % 32 and w % 32 for h, w in sizes)  # 32: patch 4 x window 4 x 2
+    assert any(-(-h // 8) < 4 and -(-w // 8) < 4 for h, w in sizes)  # the last stage's map (stride 8) < the window
+    assert all(r["relative"] <= TOL for r in rows)
+    assert ort_diff(path, model, torch.randn(2, 3, 57, 19)) <= TOL  # and at a size export() did not try
+
+
+def fpn_segmenter() -> SegmentationModel:
+    backbone = SwinConfig(embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4, window_mode="pad",
+                          drop_path_rate=0.0)
+    cfg = SegmentationConfig(backbone=backbone, head="fpn", num_classes=3, channels=16, fpn_channels=8,
+                             aux_head=False, aux_in_index=1)
+    return randomize_(SegmentationModel(cfg), std=0.2).eval()
+
+
+FAMILIES = {  # the families and mixers the tests above do not export, each tiny: (model, export size, extra size)
+    "fpn": (fpn_segmenter, (32, 32), (27, 45)),
+    "global_v2": (lambda: randomize_(SwinTransformer(SwinConfig(
+        embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4, num_classes=5, img_size=32, version=2,
+        drop_path_rate=0.0, mixer=("shifted_window", "global")))), (32, 32), (23, 41)),
+    "unet": (lambda: randomize_(SwinUNet(SwinUNetConfig(embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+                                                        window_size=2, num_classes=3, img_size=32,
+                                                        drop_path_rate=0.0)), std=0.2), (32, 32), (37, 22)),
+    "poolformer": (lambda: randomize_(swinkit.PoolFormer(swinkit.PoolFormerConfig(
+        dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_classes=5))), (32, 32), (29, 50)),
+}
+
+
+def test_cswin_falls_back_to_a_fixed_size_that_is_right(tmp_path):
+    """CSWin's stripes span the whole map (their token count is the map's height or width): it is not exported with
+    dynamic sizes yet, and says so at once; the fixed file is right at its size."""
+    model = randomize_(swinkit.CSWinTransformer(swinkit.CSWinConfig(
+        embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 0, 0), num_classes=5,
+        img_size=32))).eval()
+    info = E.export(model, tmp_path / "c.onnx", "onnx", (32, 32), log=lambda _: None)
+    assert info["input_shape"] == ["batch", 3, 32, 32]
+    assert "cswin's stripes span the whole map" in info["fixed_reason"]
+    assert ort_diff(tmp_path / "c.onnx", model, torch.randn(3, 3, 32, 32)) <= TOL
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_exports_any_size(name, tmp_path):
+    make, size, extra = FAMILIES[name]
+    model = make().eval()
+    info = E.export(model, tmp_path / "m.onnx", "onnx", size, log=lambda _: None)
+    assert info["fixed_reason"] is None and all(isinstance(d, str) for d in info["input_shape"][2:])
+    assert len({tuple(r["size"]) for r in info["verified"]}) >= 5
+    assert all(r["relative"] <= TOL for r in info["verified"])
+    assert ort_diff(tmp_path / "m.onnx", model, torch.rand(3, model_in_chans(model), *extra)) <= TOL
+
+
+def test_openvino_runs_the_dynamic_file_at_any_size(exported_v1):
+    """OpenVINO (CPU) reads the dynamic file and matches eager at sizes that change every stage's layout."""
+    ov = pytest.importorskip("openvino")
+    model, path, _ = exported_v1
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    for b, size in [(1, (32, 32)), (3, (45, 27)), (2, (9, 13))]:
+        x = torch.randn(b, 3, *size)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = compiled(x.numpy())[0]
+        assert float(np.abs(got - ref).max() / max(1.0, np.abs(ref).max())) <= TOL, (b, size)
 
 
 def test_unsupported_format_and_detector_errors(tmp_path):
@@ -252,9 +328,18 @@ def test_cli_export_and_predict_onnx(checkpoint_export, tmp_path, capsys):
     ckpt, onnx_path = checkpoint_export
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(img)
-    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "again.onnx"), "--img-size", "32",
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "again.onnx"), "--static", "32",
                  "32"]) == 0
-    capsys.readouterr()
+    assert "input NCHW batch x 3 x 32 x 32" in capsys.readouterr().out
+    meta = E.read_metadata(tmp_path / "again.onnx")  # --static: a fixed file, which refuses other sizes
+    assert meta["input_shape"] == ["batch", 3, 32, 32] and meta["fixed_reason"] == E.STATIC_REASON
+    with pytest.raises(E.ExportError) as e:
+        E.OnnxModel(tmp_path / "again.onnx")(np.zeros((1, 3, 40, 24), np.float32))
+    assert str(e.value) == (f"{tmp_path / 'again.onnx'} takes 32x32 inputs only ({E.STATIC_REASON}); got 40x24. "
+                            "Resize the input to 32x32, or re-export with --img-size 40 24.")
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "b.onnx"), "--static", "40", "24",
+                 "--img-size", "32", "32"]) == 1
+    assert "--static 40 24 and --img-size 32 32 differ" in capsys.readouterr().err
     assert main(["predict", "--onnx", str(tmp_path / "again.onnx"), str(img), "--json"]) == 0
     via_cli = json.loads(capsys.readouterr().out.splitlines()[0])["predictions"]
     assert E.predict_onnx([str(img)], onnx_path, topk=5, json=True) == 0

@@ -32,6 +32,8 @@ COMMANDS = {  # name -> (module, help)
     "quantize": ("swinkit.tools.quantize", "post-training static INT8 of a classifier or segmenter with onnxruntime "
                                            "(QDQ), "
                                            "calibrated on a folder of images; runs with predict --onnx"),
+    "prune": ("swinkit.tools.prune", "remove the least important attention heads and MLP units of every block "
+                                     "(structured pruning): a smaller checkpoint every command reads"),
     "inspect": ("swinkit.io.load", "show a checkpoint's format, inferred config and unknown keys"),
     "convert": ("swinkit.io.load", "convert a checkpoint between formats"),
     "bench": ("swinkit.tools.bench", "measure throughput, memory and FLOPs against timm/torchvision/transformers"),

@@ -11,7 +11,10 @@ POS_EMBED_CHOICES = ("none", "absolute", "relative", "absolute+relative")
 # the fields that make a variant what it is (a config keeps its variant's name while they match)
 IDENTITY_FIELDS = ("version", "patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
                    "qkv_bias", "shift", "pos_embed", "pretrained_window_sizes", "in_chans", "mixer", "dims", "stem",
-                   "patch_norm", "merge", "norm", "layer_scale", "split_size", "pool_size", "conv_kernel", "hub_tokens")
+                   "patch_norm", "merge", "norm", "layer_scale", "split_size", "pool_size", "conv_kernel", "hub_tokens",
+                   "block_heads", "block_mlp")
+# the mixers whose attention heads a pruned config may narrow per block (block_heads): window attention
+HEAD_PRUNABLE_MIXERS = ("shifted_window", "window", "global")
 WINDOW_MODES = ("clamp", "pad")
 STEMS = ("patch", "overlap")  # patch: p x p patches (Swin); overlap: a (2p-1) x (2p-1) conv, stride p (CSWin, PoolFormer)
 MERGES = ("patch", "conv")  # patch: 2x2 patch merging (Swin); conv: 3x3 stride-2 conv (CSWin, PoolFormer)
@@ -28,6 +31,21 @@ def _pair(v, nd: int = 2) -> tuple[int, ...]:
     if len(v) != nd:
         raise ValueError(f"expected an int or {'an (h, w) pair' if nd == 2 else 'a (t, h, w) triple'}, got {v!r}")
     return v
+
+
+def _per_block(v, depths: tuple[int, ...], what: str) -> tuple[tuple[int, ...], ...] | None:
+    """None | one list per stage of one int >= 1 per block -> tuples of ints (a pruned model's per-block sizes)."""
+    if v is None:
+        return None
+    try:
+        sizes = tuple(tuple(int(x) for x in stage) for stage in v)
+    except (TypeError, ValueError):
+        sizes = None
+    if sizes is None or len(sizes) != len(depths) or any(len(s) != d for s, d in zip(sizes, depths)) or \
+            min(min(s) for s in sizes) < 1:
+        raise ValueError(f"{what}: expected one list per stage with one int >= 1 per block (depths {list(depths)}), "
+                         f"e.g. {[[1] * d for d in depths]}, got {v!r}; or None for the unpruned sizes")
+    return sizes
 
 
 def _per_stage(v, n: int, what: str, nd: int = 2) -> tuple[tuple[int, ...], ...]:
@@ -90,6 +108,10 @@ class SwinConfig:
     pool_size: int = 3  # pool: average-pool kernel
     conv_kernel: int = 7  # dwconv: depthwise kernel
     hub_tokens: int = 4  # hub: global tokens every window reads and writes
+    # a pruned model (swinkit prune), per stage one entry per block: attention heads (1..num_heads[i]; a head keeps the
+    # width stage_dims[i] // num_heads[i]) and MLP hidden widths. None: num_heads[i] and int(width * mlp_ratio)
+    block_heads: Any = None
+    block_mlp: Any = None
 
     ndim: ClassVar[int] = 2  # axes of the input and of every window: 2 (H, W) here, 3 (T, H, W) for video
 
@@ -144,6 +166,41 @@ class SwinConfig:
             raise ValueError("window_size, patch_size and in_chans must be >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        self._check_block_sizes()
+
+    def _check_block_sizes(self) -> None:
+        """Validate block_heads and block_mlp; either becomes None when every block has the unpruned size."""
+        self.block_heads = _per_block(self.block_heads, self.depths, "block_heads")
+        self.block_mlp = _per_block(self.block_mlp, self.depths, "block_mlp")
+        full = [[self.block_size(i, j, pruned=False) for j in range(d)] for i, d in enumerate(self.depths)]
+        if self.block_heads is not None:
+            for i, (heads, mixer) in enumerate(zip(self.block_heads, self.mixer)):
+                if max(heads) > self.num_heads[i]:
+                    raise ValueError(f"block_heads: stage {i} has num_heads[{i}]={self.num_heads[i]}, a block cannot "
+                                     f"keep more, got {list(heads)}")
+                if min(heads) < self.num_heads[i] and mixer not in HEAD_PRUNABLE_MIXERS:
+                    raise ValueError(f"block_heads: stage {i} uses the mixer {mixer!r}, whose heads cannot be pruned; "
+                                     f"per-block heads apply to {', '.join(HEAD_PRUNABLE_MIXERS)}")
+            if all(h == f[0] for stage, fs in zip(self.block_heads, full) for h, f in zip(stage, fs)):
+                self.block_heads = None
+        if self.block_mlp is not None and \
+                all(m == f[1] for stage, fs in zip(self.block_mlp, full) for m, f in zip(stage, fs)):
+            self.block_mlp = None
+
+    def block_size(self, stage: int, block: int, pruned: bool = True) -> tuple[int, int]:
+        """(attention heads, MLP hidden width) of one block: block_heads and block_mlp where set (unless `pruned` is
+        False), else num_heads[stage] and int(width * mlp_ratio)."""
+        heads, hidden = self.num_heads[stage], int(self.stage_dims[stage] * self.mlp_ratio)
+        if pruned and self.block_heads is not None:
+            heads = self.block_heads[stage][block]
+        if pruned and self.block_mlp is not None:
+            hidden = self.block_mlp[stage][block]
+        return heads, hidden
+
+    @property
+    def pruned(self) -> bool:
+        """Whether some block has fewer heads or another MLP width than the stage's (swinkit prune)."""
+        return self.block_heads is not None or self.block_mlp is not None
 
     def describe(self, with_size: bool = True) -> str:
         """What the config is: its variant name while the architecture is the variant's ("swin_t", "swin_t at
@@ -158,8 +215,12 @@ class SwinConfig:
                           (self.window_size if len(windows) > 1 else self.window_size[:1]))
         mixers = "" if set(self.mixer) == {"shifted_window"} else \
             f", mixer {'-'.join(self.mixer) if len(set(self.mixer)) > 1 else self.mixer[0]}"
+        pruned = ""
+        if self.pruned:
+            heads, hidden = zip(*(self.block_size(i, j) for i, d in enumerate(self.depths) for j in range(d)))
+            pruned = f", pruned to {sum(heads)} heads and {sum(hidden)} MLP units"
         return (f"custom Swin V{self.version}: patch {self.patch_size}, window {window}, C {self.embed_dim}, depths "
-                f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}{mixers}"
+                f"{'-'.join(map(str, self.depths))}, heads {'-'.join(map(str, self.num_heads))}{mixers}{pruned}"
                 + (f", {size}" if with_size else ""))
 
     @property
@@ -170,9 +231,10 @@ class SwinConfig:
     @property
     def swin_skeleton(self) -> bool:
         """Whether this is a Swin (window mixers, patch stem and merging, LayerNorm, no layer scale): the models
-        whose checkpoints the peers' layouts (official, timm, torchvision, transformers) can hold."""
-        return (set(self.mixer) <= {"shifted_window", "window"} and self.stem == "patch" and self.merge == "patch"
-                and self.norm == "layernorm" and self.layer_scale is None and self.patch_norm
+        whose checkpoints the peers' layouts (official, timm, torchvision, transformers) can hold; not a pruned one,
+        whose per-block sizes only swinkit's config records."""
+        return (not self.pruned and set(self.mixer) <= {"shifted_window", "window"} and self.stem == "patch"
+                and self.merge == "patch" and self.norm == "layernorm" and self.layer_scale is None and self.patch_norm
                 and self.stage_dims == tuple(self.embed_dim * 2**i for i in range(len(self.depths))))
 
     @property

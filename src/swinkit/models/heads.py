@@ -9,11 +9,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nn.windows import symbolic
+
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of (B, C, h, w) to `size` (align_corners=False, as mmseg and transformers); x when equal."""
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                      align_corners=False)
+    """Bilinear resize of (B, C, h, w) to `size` (align_corners=False, as mmseg and transformers); x when equal (with
+    symbolic sizes it always resizes: at the same size that is exactly x)."""
+    if not symbolic(tuple(size)) and tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class ConvBNReLU(nn.Module):
@@ -58,7 +62,21 @@ class PyramidPooling(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, h, w) -> one (B, channels, h, w) map per scale."""
         size = x.shape[-2:]
-        return [resize(conv(F.adaptive_avg_pool2d(x, s)), size) for s, conv in zip(self.pool_scales, self.convs)]
+        return [resize(conv(adaptive_avg_pool(x, s)), size) for s, conv in zip(self.pool_scales, self.convs)]
+
+
+def adaptive_avg_pool(x: torch.Tensor, s: int) -> torch.Tensor:
+    """F.adaptive_avg_pool2d(x, s) of (B, C, h, w); with symbolic sizes (export) two averaging matmuls built from
+    aranges, since ONNX's pooling takes a fixed kernel and torch's bins overlap when s does not divide the size."""
+    if not symbolic(*x.shape[-2:]):
+        return F.adaptive_avg_pool2d(x, s)
+
+    def averaging(n) -> torch.Tensor:  # (s, n): row i averages torch's bin [floor(i n / s), ceil((i + 1) n / s))
+        i, j = torch.arange(s, device=x.device)[:, None], torch.arange(n, device=x.device)
+        n = torch.scalar_tensor(n, dtype=torch.long, device=x.device)
+        start, end = i * n // s, ((i + 1) * n + s - 1) // s
+        return ((j >= start) & (j < end)).to(x.dtype) / (end - start).to(x.dtype)
+    return averaging(x.shape[-2]) @ x @ averaging(x.shape[-1]).T  # (s, h) @ (B, C, h, w) @ (w, s)
 
 
 class UPerHead(DecodeHead):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..config import INFERENCE_PATHS, SwinConfig
 from ..nn.blocks import ConvMerging, PatchEmbed, PatchMerging, SwinBlock, make_norm, run_blocks, swin_block
+from ..nn.windows import symbolic
 
 # Layer ids of a Swin's parameters for layer-wise lr decay (timm's group_matcher order): 0 for the patch embedding,
 # 1 + block index for blocks, patch merging with the block before it; everything else (final norm, per-stage output
@@ -64,7 +65,8 @@ class FeatureInfo(list):
 
 class SwinStage(nn.Module):
     """Down-sampling (every stage but the first: patch merging, or a strided conv with cfg.merge="conv") followed
-    by `depth` blocks with the stage's token mixer (cfg.mixer[i]; shifted windows shift in every other block)."""
+    by `depth` blocks with the stage's token mixer (cfg.mixer[i]; shifted windows shift in every other block), each
+    with its heads and MLP width (cfg.block_size: a pruned model's differ per block)."""
 
     def __init__(self, cfg: SwinConfig, i: int, drop_path: list[float]):
         super().__init__()
@@ -82,7 +84,7 @@ class SwinStage(nn.Module):
                      for a, (s, p) in enumerate(zip(cfg.img_size, cfg.patch)))
         self.blocks = nn.ModuleList(
             swin_block(cfg, dim, cfg.num_heads[i], cfg.window_size[i], cfg.shift and j % 2 == 1, drop_path[j],
-                       cfg.pretrained_window_sizes[i], cfg.mixer[i], i, n, grid)
+                       cfg.pretrained_window_sizes[i], cfg.mixer[i], i, n, grid, *cfg.block_size(i, j))
             for j in range(cfg.depths[i]))
         self.grad_checkpointing = False
 
@@ -220,7 +222,7 @@ class SwinTrunk(SwinLayers, nn.Module):
         """(B, H/p, W/p, D) patch embeddings -> + the absolute position embedding (resized to the map), dropout."""
         if self.absolute_pos_embed is not None:
             pos = self.absolute_pos_embed
-            if pos.shape[-2:] != x.shape[1:3]:
+            if symbolic(tuple(x.shape[1:3])) or pos.shape[-2:] != x.shape[1:3]:  # symbolic: bicubic at scale 1 is exact
                 pos = F.interpolate(pos, size=x.shape[1:3], mode="bicubic", align_corners=False)
             x = x + pos.permute(0, 2, 3, 1)
         return self.pos_drop(x)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SwinConfig
-from .windows import Pair, log_spaced_coords, relative_position_index
+from .windows import Pair, log_coords, log_spaced_coords, relative_position_index, symbolic
 
 
 # a bias + mask larger than this is rebuilt at each call instead of cached: 3-D windows make (nW, h, N, N) tensors of
@@ -63,19 +63,44 @@ class WindowAttention(nn.Module):
         window's index instead, as the official Video Swin and torchvision's swin3d do."""
         if not self.use_rel_pos:
             return None
-        N = math.prod(win)
         if self.v2:  # device and dtype from a parameter that quantization leaves as it is
-            ref = self.logit_scale
-            coords = log_spaced_coords(win, self.pretrained_window, ref.device).to(ref.dtype)
-            table = self.cpb_mlp(coords)  # (prod(2w-1), heads)
-            index = relative_position_index(win, win, ref.device)
-            return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))
+            return self._continuous_bias(win, log_spaced_coords(win, self.pretrained_window, self.logit_scale.device))
         table = self.relative_position_bias_table
         if self.clamped_bias == "prefix":
+            N = math.prod(win)
             index = relative_position_index(self.window, self.window, table.device)[:N, :N]
         else:
             index = relative_position_index(win, self.window, table.device)
-        return table[index.reshape(-1)].view(N, N, -1).permute(2, 0, 1)  # (heads, N, N)
+        return self._table_bias(index)
+
+    def _continuous_bias(self, win: Pair, coords: torch.Tensor) -> torch.Tensor:
+        """V2: (heads, N, N) from the (prod(2w-1), n) log-spaced offsets of a `win` window."""
+        table = self.cpb_mlp(coords.to(self.logit_scale.dtype))  # (prod(2w-1), heads)
+        return 16 * torch.sigmoid(self._table_bias(relative_position_index(win, win, table.device), table))
+
+    def _table_bias(self, index: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, N) index into a (rows, heads) table (V1's learned one by default) -> (heads, N, N)."""
+        table = self.relative_position_bias_table if table is None else table
+        return table[index.reshape(-1)].view(*index.shape, -1).permute(2, 0, 1)
+
+    def padded_position_bias(self, real: tuple) -> torch.Tensor | None:
+        """(heads, N, N) position bias of the full window when along axis i only the first real[i] positions (0-d
+        tensors) hold the map: the window clamp mode takes, padded to the full one (export with symbolic sizes).
+        Padded positions get some bias; their keys are masked."""
+        if not self.use_rel_pos:
+            return None
+        win, device = self.window, self.logit_scale.device if self.v2 else self.relative_position_bias_table.device
+        if self.v2:  # the clamped window normalises the offsets when no pre-training window is given
+            norm = [p if p > 0 else r for p, r in zip(self.pretrained_window, real)]
+            return self._continuous_bias(win, log_coords(win, norm).to(device))
+        index = relative_position_index(win, win, device)
+        if self.clamped_bias == "prefix":  # each slot's index in the clamped window, row-major over the real sizes
+            flat = torch.zeros((), dtype=torch.long, device=device)
+            for w, r in zip(win, real):
+                flat = flat[..., None] * r + torch.arange(w, device=device)
+            flat = flat.flatten().clamp(max=index.shape[0] - 1)  # (N,)
+            index = index[flat][:, flat]
+        return self._table_bias(index)
 
     def attention_bias(self, win: Pair, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
         """Position bias plus mask: (nW, h, N, N) with an (nW, N, N) mask, (1, h, N, N) without, or None. The
@@ -137,7 +162,7 @@ class WindowAttention(nn.Module):
     def attend(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: (n, N, C) windows; bias: (P, h, N, N) additive with window i taking bias[i % P], or None.
         Returns (n, N, C)."""
-        n, N, C = x.shape
+        n, N, _ = x.shape
         h = self.num_heads
         qkv = self.qkv(x)  # the module itself, so that quantization can replace it
         if self.v2 and self.q_bias is not None:  # V2: q and v biases only
@@ -151,7 +176,9 @@ class WindowAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         # on CPU a bias that needs a gradient sends SDPA to its math path, slower than the explicit one
         cpu_bias_grad = x.device.type == "cpu" and bias is not None and bias.requires_grad
-        if self.fused and not self.keep_attn and not cpu_bias_grad:
+        # an export (symbolic batch) takes the explicit path: ONNX has no fused kernel to keep, and the fused call's
+        # per-window copy of the bias would be written into the graph
+        if self.fused and not self.keep_attn and not cpu_bias_grad and not symbolic(n):
             if bias is not None and bias.shape[0] > 1:  # the fused kernel takes a 4-D bias: one per window
                 bias = bias.expand(n // bias.shape[0], -1, h, N, N).reshape(n, h, N, N)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=scale)
@@ -163,5 +190,6 @@ class WindowAttention(nn.Module):
             if self.keep_attn:
                 self.last_attn = attn.detach()
             out = F.dropout(attn, drop) @ v
-        out = out.transpose(1, 2).reshape(n, N, C)  # (n, N, h, d) is the fused kernel's memory order
+        # (n, N, h, d) is the fused kernel's memory order; h * d is C but in a pruned block (fewer heads)
+        out = out.transpose(1, 2).reshape(n, N, -1)
         return self.proj_drop(self.proj(out))

@@ -1,13 +1,17 @@
-"""Swin building blocks: DropPath, MLP, the block around a token mixer, patch embedding, merging and expanding."""
+"""Swin building blocks: DropPath, MLP, the block around a token mixer, patch embedding, merging and expanding; the
+narrowing of a block's heads and MLP units (a pruned model's sizes, swinkit prune)."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import SwinConfig
+from .attention import WindowAttention
 from .mixers import MixerSpec, create_mixer
-from .windows import Pair, pad
+from .windows import Pair, pad, symbolic
 
 class DropPath(nn.Module):
     """Stochastic depth on a residual: shortcut + branch, the branch of each sample dropped with probability p
@@ -43,13 +47,62 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., C) -> (..., C)."""
         tokens = max(1, int(self.chunk_mb * 2**20 // (2 * self.fc1.out_features * x.element_size())))  # hidden + GELU
-        if x.numel() // x.shape[-1] <= tokens:
+        if symbolic(*x.shape) or x.numel() // x.shape[-1] <= tokens:  # symbolic: export, where nothing is chunked
             return self._mlp(x)
         flat = x.reshape(-1, x.shape[-1])
         out = flat.new_empty(flat.shape)
         for i in range(0, flat.shape[0], tokens):
             out[i:i + tokens] = self._mlp(flat[i:i + tokens])
         return out.view(x.shape)
+
+
+def sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+                  ) -> nn.Linear:
+    """A Linear holding the output rows `rows` (with their biases) and input columns `cols` of `linear`."""
+    w = linear.weight if rows is None else linear.weight[rows]  # (out', in)
+    w = w if cols is None else w[:, cols]  # (out', in')
+    out = nn.Linear(w.shape[1], w.shape[0], linear.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if linear.bias is not None:
+            out.bias.copy_(linear.bias if rows is None else linear.bias[rows])
+    return out
+
+
+def select_hidden(mlp: Mlp, keep: Sequence[int]) -> None:
+    """Keep the hidden units `keep` of an MLP, in their order (in place): fc1 rows and biases, fc2 columns."""
+    keep = torch.as_tensor(sorted(keep), device=mlp.fc1.weight.device)
+    mlp.fc1, mlp.fc2 = sliced_linear(mlp.fc1, rows=keep), sliced_linear(mlp.fc2, cols=keep)
+
+
+def head_channels(attn: WindowAttention, heads: Sequence[int]) -> torch.Tensor:
+    """The inner channels of the heads `heads` of a window attention: the proj columns (and q_bias, v_bias entries)
+    that belong to them, head_dim each; their q, k and v rows of qkv are these plus 0, inner and 2 * inner."""
+    d = attn.qkv.out_features // (3 * attn.num_heads)  # head_dim
+    heads = torch.as_tensor(list(heads), device=attn.qkv.weight.device)
+    return (heads[:, None] * d + torch.arange(d, device=heads.device)).flatten()  # (len(heads) * d,)
+
+
+def select_heads(attn: WindowAttention, keep: Sequence[int]) -> None:
+    """Keep the heads `keep` of a window attention, in their order (in place), each as wide as before: their q, k, v
+    rows of qkv (and biases), proj columns, V1 bias table columns, V2 logit scales, CPB MLP output rows, q and v
+    biases."""
+    keep = sorted(keep)
+    ch = head_channels(attn, keep)
+    inner = attn.qkv.out_features // 3
+    attn.qkv = sliced_linear(attn.qkv, rows=torch.cat((ch, ch + inner, ch + 2 * inner)))  # q, k, v rows
+    attn.proj = sliced_linear(attn.proj, cols=ch)
+    idx = torch.as_tensor(keep, device=ch.device)
+    if attn.v2:
+        attn.logit_scale = nn.Parameter(attn.logit_scale.detach()[idx].clone())  # (h, 1, 1)
+        attn.cpb_mlp[2] = sliced_linear(attn.cpb_mlp[2], rows=idx)
+        if attn.q_bias is not None:
+            attn.q_bias = nn.Parameter(attn.q_bias.detach()[ch].clone())
+            attn.v_bias = nn.Parameter(attn.v_bias.detach()[ch].clone())
+    elif getattr(attn, "relative_position_bias_table", None) is not None:
+        table = attn.relative_position_bias_table.detach()  # (positions, heads)
+        attn.relative_position_bias_table = nn.Parameter(table[:, idx].clone())
+    attn.num_heads = len(keep)
 
 
 class MapGroupNorm(nn.GroupNorm):
@@ -72,18 +125,19 @@ class SwinBlock(nn.Module):
     """Token mixer + MLP, each a residual. Pre-norm (V1): x + f(norm(x)); res-post-norm (V2, `post_norm`):
     x + norm(f(x)); with `layer_scale`, each branch is scaled per channel (initialised to that value) before the
     residual sum. The mixer (swinkit.nn.mixers) sits at `attn`, where Swin checkpoints keep it; it may run the whole
-    block itself in inference (`forward_block`: the window mixer's CPU fast path)."""
+    block itself in inference (`forward_block`: the window mixer's CPU fast path). `mlp_hidden` (a pruned block's)
+    replaces the MLP's int(dim * mlp_ratio) hidden units."""
 
     def __init__(self, dim: int, mixer: nn.Module, drop_path: float = 0.0, mlp_ratio: float = 4.0, drop: float = 0.0,
                  post_norm: bool = False, norm: str = "layernorm", layer_scale: float | None = None,
-                 chunk_mb: float = 256):
+                 chunk_mb: float = 256, mlp_hidden: int | None = None):
         super().__init__()
         self.post_norm = post_norm
         self.norm1 = make_norm(norm, dim)
         self.attn = mixer
         self.drop_path = DropPath(drop_path)
         self.norm2 = make_norm(norm, dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, chunk_mb)
+        self.mlp = Mlp(dim, mlp_hidden or int(dim * mlp_ratio), drop, chunk_mb)
         if layer_scale is None:
             self.layer_scale1 = self.layer_scale2 = None
         else:
@@ -113,13 +167,20 @@ class SwinBlock(nn.Module):
 
 def swin_block(cfg: SwinConfig, dim: int, num_heads: int, window: Pair, shift: bool, drop_path: float,
                pretrained_window: Pair, mixer: str = "shifted_window", stage: int = 0, num_stages: int = 1,
-               grid: Pair = (0, 0)) -> SwinBlock:
+               grid: Pair = (0, 0), heads: int | None = None, mlp_hidden: int | None = None) -> SwinBlock:
     """A block whose options come from `cfg` (version, MLP ratio, dropout, norm, layer scale) with the mixer `mixer`
-    built from the rest (see MixerSpec)."""
+    built from the rest (see MixerSpec). A pruned block (cfg.block_size) keeps the first `heads` of the stage's
+    `num_heads` heads, each dim // num_heads wide, and has `mlp_hidden` MLP units."""
     spec = MixerSpec(dim, num_heads, tuple(window), shift, tuple(pretrained_window), stage, num_stages, tuple(grid),
                      cfg)
-    return SwinBlock(dim, create_mixer(mixer, spec), drop_path, cfg.mlp_ratio, cfg.drop_rate,
-                     post_norm=cfg.version == 2, norm=cfg.norm, layer_scale=cfg.layer_scale, chunk_mb=cfg.chunk_mb)
+    attn = create_mixer(mixer, spec)
+    if heads is not None and heads != num_heads:
+        if not isinstance(attn, WindowAttention):
+            raise ValueError(f"the mixer {mixer!r} has no window attention heads to narrow to {heads}; only "
+                             "window attention mixers take per-block heads")
+        select_heads(attn, range(heads))
+    return SwinBlock(dim, attn, drop_path, cfg.mlp_ratio, cfg.drop_rate, post_norm=cfg.version == 2, norm=cfg.norm,
+                     layer_scale=cfg.layer_scale, chunk_mb=cfg.chunk_mb, mlp_hidden=mlp_hidden)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
 """Window machinery shared by every Swin model, for any number of axes (2-D images (H, W), 3-D video (T, H, W)):
 partition, cyclic-shift gathers, shift-region and padding masks, relative-position indices and V2's log-spaced
-coordinates, each a bounded cache of sizes and device. Sizes are tuples with one entry per axis."""
+coordinates, each a bounded cache of sizes and device. Sizes are tuples with one entry per axis.
+
+Under torch.export with dynamic sizes (sizes are torch.SymInt) nothing is cached: `graph_windows` computes the gather
+indices and labels from the input's shape with tensor ops (comparisons of aranges, no slice assignment), so that an
+exported file takes any size."""
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -15,10 +21,22 @@ PAD_MASK = float("-inf")  # padded keys: never attended (each window holds at le
 CACHE_SIZE = 128
 
 
+def symbolic(*sizes) -> bool:
+    """Whether any size (an int, a SymInt, or a tuple of them) is symbolic: torch.export with dynamic shapes."""
+    return any(isinstance(v, torch.SymInt) for s in sizes for v in (s if isinstance(s, tuple) else (s,)))
+
+
 def cached(fn):
     """Bounded cache for pure functions of sizes and device. Results are normal tensors even when first
-    asked for under torch.inference_mode, so the same cached mask also serves training."""
-    return lru_cache(maxsize=CACHE_SIZE)(torch.inference_mode(False)(fn))
+    asked for under torch.inference_mode, so the same cached mask also serves training. Symbolic sizes bypass the
+    cache: the function is then recorded in the exported graph."""
+    cache = lru_cache(maxsize=CACHE_SIZE)(torch.inference_mode(False)(fn))
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs) if symbolic(*args, *kwargs.values()) else cache(*args, **kwargs)
+    call.cache_clear, call.cache_info = cache.cache_clear, cache.cache_info
+    return call
 
 
 def window_partition(x: torch.Tensor, win: Pair) -> torch.Tensor:
@@ -46,8 +64,9 @@ def padded_size(feat: Pair, win: Pair) -> Pair:
 
 
 def pad(x: torch.Tensor, amounts: tuple[int, ...]) -> torch.Tensor:
-    """F.pad with zeros, returning x itself when every amount is 0 (F.pad would copy it)."""
-    return F.pad(x, amounts) if any(amounts) else x
+    """F.pad with zeros, returning x itself when every amount is 0 (F.pad would copy it); symbolic amounts always
+    pad (an export then takes any size)."""
+    return F.pad(x, amounts) if symbolic(amounts) or any(amounts) else x
 
 
 def pad_to(x: torch.Tensor, size: Pair) -> torch.Tensor:
@@ -175,12 +194,67 @@ def relative_position_index(win: Pair, table_win: Pair, device: torch.device) ->
 def log_spaced_coords(win: Pair, pretrained_win: Pair, device: torch.device) -> torch.Tensor:
     """V2: (prod(2w-1), n) log-spaced relative coordinates, normalised by the pre-training window
     (or this window when none is given) exactly as the official V2 code does."""
+    return log_coords(win, [p if p > 0 else w for p, w in zip(pretrained_win, win)]).to(device)
+
+
+def log_coords(win: Pair, norm: list) -> torch.Tensor:
+    """(prod(2w-1), n) log-spaced offsets of a `win` window, axis i normalised by norm[i] (a size or a 0-d tensor)."""
     axes = [torch.arange(-(w - 1), w, dtype=torch.float32) for w in win]
     table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (2w0-1, 2w1-1, .., n)
-    norm = [p if p > 0 else w for p, w in zip(pretrained_win, win)]
-    table = table / torch.tensor([max(n - 1, 1) for n in norm], dtype=torch.float32) * 8
-    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
-    return table.view(-1, len(win)).to(device)
+    norm = torch.stack([n.float() if isinstance(n, torch.Tensor) else torch.scalar_tensor(n) for n in norm])  # (n,)
+    table = table / (norm - 1).clamp(min=1) * 8
+    return (torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)).view(-1, len(win))
+
+
+@dataclass
+class GraphWindows:
+    """`graph_windows`' result: what window_order, window_labels and padded_size give, as tensors of the graph."""
+    padded: tuple  # the padded map's size per axis (symbolic)
+    to_windows: torch.Tensor  # (nW*N,) as window_order's
+    from_windows: torch.Tensor  # (prod(feat),) as window_order's
+    labels: torch.Tensor  # (nW, N) as window_labels'
+    real: tuple  # per axis, the window eager takes: min(size, window) in clamp mode, else the window; 0-d tensors
+
+
+def graph_windows(feat: tuple, window: Pair, shift: bool, clamp: bool, mask_padding: bool, device: torch.device
+                  ) -> GraphWindows:
+    """The window layout of a `feat` map (symbolic sizes) computed in the graph, for export at any size.
+
+    The window is always `window`, so every window has the same N tokens. Where clamp mode would take a smaller,
+    unshifted window (an axis no longer than the window), that axis is padded to one full window and its padding
+    masked: the same keys at the same relative offsets, so the same attention. clamp=False is "pad" mode (always
+    the window and its shift). Padding of a longer axis is masked with `mask_padding`, as window_labels does.
+    Tensors are built per axis as (windows, window) grids and combined by broadcasting, never split by a view."""
+    def scalar(v):
+        return torch.scalar_tensor(v, dtype=torch.long, device=device)
+
+    k = len(feat)
+    src = region = masked = win_id = slot = None
+    padded, real = [], []
+    for i, (f, w) in enumerate(zip(feat, window)):
+        n = (f + w - 1) // w  # windows along this axis
+        size, ft = scalar(n * w), scalar(f)
+        small = ft <= w if clamp else torch.zeros((), dtype=torch.bool, device=device)  # clamp: 1 window, no shift
+        s = (~small).long() * (w // 2) if shift else torch.zeros((), dtype=torch.long, device=device)
+        p = torch.arange(n, device=device)[:, None] * w + torch.arange(w, device=device)  # (n, w) shifted positions
+        origin = (p + s) % size  # where each shifted position's token comes from
+        reg = ((p >= size - w) & (s > 0)).long() + (p >= size - s).long()  # 0, 1, 2: the shift's regions
+        pad_here = origin >= ft
+        pad_here = pad_here if mask_padding else pad_here & small
+        grid = (*(n if j == i else 1 for j in range(k)), *(w if j == i else 1 for j in range(k)))
+        origin, reg, pad_here = origin.view(grid), reg.view(grid), pad_here.view(grid)  # n at axis i, w at k + i
+        src = origin if src is None else src * size + origin  # (n0, .., w0, ..) flat position in the padded map
+        region = reg if region is None else region * 3 + reg
+        masked = pad_here if masked is None else masked | pad_here
+        q = (torch.arange(f, device=device) - s) % size  # each real position's shifted position
+        q = q.view(*(f if j == i else 1 for j in range(k)))
+        win_id = q // w if win_id is None else win_id * scalar(n) + q // w  # (f0, .., fi, 1..)
+        slot = q % w if slot is None else slot * w + q % w
+        padded.append(n * w)
+        real.append(ft.clamp(max=w) if clamp else scalar(w))
+    N = math.prod(window)
+    labels = region.masked_fill(masked, -1).reshape(-1, N)  # (nW, N)
+    return GraphWindows(tuple(padded), src.flatten(), (win_id * N + slot).flatten(), labels, tuple(real))
 
 
 def clear_caches() -> None:

@@ -3,13 +3,16 @@ beside it, verified against the eager model; and `predict_onnx`, predictions fro
 numpy, PIL and onnxruntime only.
 
     swinkit export --checkpoint run/best.pt --format onnx --out model.onnx [--img-size 224 224] [--opset 18]
-    swinkit predict --onnx model.onnx cat.jpg                                   # (wired in predict.py)
+    swinkit export --checkpoint run/best.pt --out model.224.onnx --static 224 224   # a fixed-size file
+    swinkit predict --onnx model.onnx cat.jpg street.png                        # any image size (predict.py)
 
-Sizes: the batch is always dynamic. Height and width (and frames for video) are exported dynamic where the format
-can take them and the result is right at another size; otherwise they are fixed at the export size, and the
-metadata says so (`input_shape` holds an axis name for a dynamic axis, the number for a fixed one, `fixed_reason`
-why). The window machinery computes its gather indices and masks from Python sizes, which torch.jit.trace (hence
-TorchScript and the TorchScript-based ONNX exporter) records as constants of the traced size.
+Sizes: the batch is always dynamic, and so are height and width (and frames for video): under torch.export the
+window code sees symbolic sizes and computes its window counts, padding, gather indices, shift-region and padding
+masks and position-bias indices in the graph (nn.windows.graph_windows), so one file takes any size. A dynamic file is
+verified against eager at five sizes (`verify_sizes`: square, non-square, not window multiples, a last stage smaller
+than a window) and batches 1 and 3. `--static H W` writes a file fixed at one size. Where a dynamic export fails, the
+file is fixed at the export size and the metadata says why (`input_shape` holds an axis name for a dynamic axis, the
+number for a fixed one; `fixed_reason`). TorchScript traces, which records sizes as constants: it is always fixed.
 
 Metadata (ONNX metadata_props; FILE.json beside a .pt2 or TorchScript file, and inside TorchScript's extra files):
 every value JSON-encoded - task, layout, input_shape, ranges, export_size, value_range, mean, std, resize,
@@ -18,10 +21,8 @@ class_names (palette for segmentation, upscale for restoration), output, swinkit
 The part above `# ---- export` imports no torch (only swinkit.io.files and swinkit.io.images, which import none
 either; swinkit/__init__.py is lazy): a deployment needs numpy, pillow and onnxruntime.
 
-Limits: height and width are fixed in every format today. nn/windows.py builds gather indices and masks from Python
-sizes in lru_caches: torch.export cannot hash symbolic sizes, and tracing freezes them. While exporting, blocks
-attend all windows in one call (their chunk size is int(budget // batch), which torch.export would specialise to the
-example batch), and the window caches are cleared after each export (they would keep torch.export's fake tensors).
+While exporting, blocks attend all windows in one call (their memory chunks are sized from the batch), and the
+window caches are cleared after each export (they would keep torch.export's fake tensors).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from ..io.files import atomic_write, dumps, first_line, plan_outputs
 from ..io.images import load_image
 
 FORMATS = ("onnx", "pt2", "torchscript")
+STATIC_REASON = "exported with --static, for runtimes that want a fixed size"
 TOLERANCE = 1e-4  # max |exported - eager| / max(1, max |eager|)
 METADATA_FILE = "swinkit.json"  # TorchScript's extra file
 AXES = {"NCHW": ("batch", "channels", "height", "width"), "NCTHW": ("batch", "channels", "frames", "height", "width")}
@@ -337,8 +339,8 @@ def _shape_from_program(ep, layout: str) -> tuple[list, dict]:
         shape.append(names[axis])
         r = ep.range_constraints.get(d.node.expr)
         lo = _finite(r.lower) if r else None
-        # torch.export assumes sizes >= 2 (its 0/1 specialisation); the graph takes 1, which verify checks
-        ranges[names[axis]] = [1 if lo == 2 else lo, _finite(r.upper) if r else None]
+        # torch.export's bounds start at 0 (size-oblivious) or 2 (its 0/1 specialisation); the graph takes 1
+        ranges[names[axis]] = [1 if lo is not None and lo <= 2 else lo, _finite(r.upper) if r else None]
     return shape, ranges
 
 
@@ -358,9 +360,18 @@ def _shape_from_onnx(path: Path, layout: str) -> list:
 
 
 def _torch_export(model, x, spatial: bool):
+    """torch.export of model(x) with a dynamic batch (and dynamic sizes with `spatial`); the window caches, which
+    now hold the export's fake tensors, are cleared."""
     import torch
+    import torch.fx.experimental._config  # noqa: F401 - torch.fx.experimental._config.patch below
 
-    return torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(x.ndim, spatial))
+    from ..nn.windows import clear_caches
+
+    try:  # size-oblivious, as torch.onnx's own capture: no guard may tie a size to 1 (a one-window stage) or not
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(x.ndim, spatial))
+    finally:
+        clear_caches()
 
 
 def _onnx_by_tracing(model, x, out: Path, layout: str, opset: int) -> tuple[list, dict, str]:
@@ -416,6 +427,17 @@ def _load_runner(fmt: str, out: Path, checked: bool = True):
         with torch.no_grad():
             return module(torch.from_numpy(x)).numpy()
     return run
+
+
+def verify_sizes(model, size: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Sizes a dynamic file is verified at: the export size, and four more that move every stage's map (see
+    _other_size), make it non-square and not a multiple of the window, and shrink it so that the last stage's map is
+    smaller than a window (for video, frames change too)."""
+    step = _size_step(model)
+    *t, h, w = size
+    small = [max(1, v // 2) for v in t] + [max(step // 2 + 1, 5), max(step // 2 + 3, 7)]
+    return [tuple(size), _other_size(size, step), (*t, h + step // 2 + 1, w + 3), (*t, h + 5, max(w - step, 5)),
+            tuple(small)]
 
 
 def _other_size(size: tuple[int, ...], step: int) -> tuple[int, ...]:
@@ -493,18 +515,21 @@ def _size_step(model) -> int:
     return tuple(cfg.patch)[-1] * 2 ** (len(cfg.depths) - 1)
 
 
-def _export_checked(model, x, out: Path, fmt: str, layout: str, task: str, second: tuple[int, ...], opset: int):
+def _export_checked(model, x, out: Path, fmt: str, layout: str, task: str, second: tuple[int, ...], opset: int,
+                    static: bool = False):
     """(input_shape, ranges, exporter, fixed_reason): torch.export with dynamic sizes first, kept only when the file
-    is right at `second`; else with height and width (and frames) fixed. TorchScript always traces fixed sizes."""
+    is right at `second`; else (or with `static`) with height and width (and frames) fixed. TorchScript always
+    traces fixed sizes."""
     if fmt == "torchscript":
         return (*_export_torchscript(model, x, out, layout), "torch.jit.trace records the window indices and masks "
                 "of the traced size as constants")
-    reason = None
+    reason = STATIC_REASON if static else None
     try:
+        if static:
+            raise ExportError(STATIC_REASON)
         ep = _torch_export(model, x, True)
-    except Exception as e:  # noqa: BLE001 - the window code cannot take symbolic sizes
-        reason = ("swinkit's window code builds its gather indices and masks from Python sizes (cached per size), "
-                  f"which torch.export cannot make symbolic: {_first_line(e)}")
+    except Exception as e:  # noqa: BLE001 - a model whose code cannot take symbolic sizes
+        reason = reason or f"torch.export could not make the sizes symbolic: {_first_line(e)}"
     else:
         shape, ranges, how = _save(fmt, ep, model, x, out, layout, opset)
         fixed = [AXES[layout][i] for i in range(2, x.ndim) if isinstance(shape[i], int)]
@@ -574,12 +599,13 @@ def _first_line(e: Exception) -> str:
 
 
 def export(model, out: str | Path, fmt: str = "onnx", img_size: tuple[int, ...] | None = None, opset: int = 18,
-           do_verify: bool = True, meta: dict | None = None, log=print) -> dict:
+           do_verify: bool = True, meta: dict | None = None, log=print, static: bool = False) -> dict:
     """Export `model` (put in eval mode on the CPU in float32, in place) to `out` as `fmt` and write its metadata;
     returns the metadata with the verification rows under "verified". img_size: (H, W), or (T, H, W) for video (default: the model's).
 
-    Height and width are tried dynamic first (ONNX through the dynamo exporter, pt2); when the export or a check at a
-    second size fails, the file is exported again with them fixed at img_size, and `fixed_reason` says why."""
+    Height and width (and frames) are exported dynamic (ONNX through the dynamo exporter, pt2) and verified at
+    several sizes; `static` fixes them at img_size (the batch stays dynamic). When a dynamic export or its check at a
+    second size fails, the file is exported again with them fixed, and `fixed_reason` says why."""
     import torch
 
     if fmt not in FORMATS:
@@ -602,19 +628,20 @@ def export(model, out: str | Path, fmt: str = "onnx", img_size: tuple[int, ...] 
         with torch.no_grad():
             model(x)  # an input the model refuses fails here, with the model's own message
             with _exportable(model), quiet_exporters():
-                shape, ranges, how, fixed_reason = _export_checked(model, x, stage, fmt, layout, task, second, opset)
+                shape, ranges, how, fixed_reason = _export_checked(model, x, stage, fmt, layout, task, second, opset,
+                                                                   static)
         if not isinstance(shape[0], str):
             raise ExportError(f"the {how} exporter fixed the batch at {shape[0]}: expected a dynamic batch")
         dynamic = all(isinstance(s, str) for s in shape[2:])
         info.update({"format": fmt, "exporter": how, "input_shape": shape, "ranges": ranges,
                      "export_size": list(size), "fixed_reason": None if dynamic else fixed_reason,
                      "opset": opset if fmt == "onnx" else None, "torch_version": torch.__version__})
-        if not dynamic:  # the reason, with the exporter's own words, is in the metadata's fixed_reason
+        if not dynamic and not static:  # the reason, with the exporter's own words, is in the metadata's fixed_reason
             log(f"note: {out} takes {'x'.join(map(str, size))} inputs only (the batch is dynamic); export again "
                 "with --img-size H W for inputs of another size")
         _write_metadata(fmt, stage, info)
         if do_verify:
-            info["verified"] = verify(model, fmt, stage, task, [size, second] if dynamic else [size], log=log)
+            info["verified"] = verify(model, fmt, stage, task, verify_sizes(model, size) if dynamic else [size], log=log)
         if Path(f"{stage}.json").exists():
             os.replace(f"{stage}.json", f"{out}.json")
         os.replace(stage, out)
@@ -655,7 +682,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (18 and above: the dynamo exporter; below: "
                                                                 "the TorchScript-based one)")
     parser.add_argument("--img-size", type=int, nargs="+", metavar="H W",
-                        help="export size: H W (video: T H W); default the model's")
+                        help="example size the export traces with, checked first: H W (video: T H W); default the "
+                             "model's. The file takes any size")
+    parser.add_argument("--static", type=int, nargs="+", metavar="H W",
+                        help="a file fixed at this size (video: T H W), for runtimes that want one; the batch stays "
+                             "dynamic")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help=f"compare with the eager model at two batch sizes and sizes (tolerance {TOLERANCE})")
@@ -668,7 +699,11 @@ def run(args: argparse.Namespace) -> int:
         sidecar = [Path(f"{args.out}.json")] if args.format != "onnx" else []
         check_outputs([args.out, *sidecar], [args.checkpoint] if args.checkpoint else [], args.overwrite)
         model, meta = load_for_export(args.checkpoint, args.model)
-        info = export(model, args.out, args.format, args.img_size, args.opset, args.verify, meta)
+        if args.static and args.img_size and list(args.static) != list(args.img_size):
+            raise ExportError(f"--static {' '.join(map(str, args.static))} and --img-size "
+                              f"{' '.join(map(str, args.img_size))} differ: give one (--static H W is the fixed size)")
+        info = export(model, args.out, args.format, args.static or args.img_size, args.opset, args.verify, meta,
+                      static=bool(args.static))
     except (ExportError, OutputError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..windows import Pair, pad_to, padded_size, window_order, window_padding
+from ..windows import Pair, pad_to, padded_size, symbolic, window_order, window_padding
 from . import MixerSpec, TokenMixer, register_mixer
 from .core import attend, logit_scale_param, split_heads
 
@@ -65,6 +65,9 @@ class CSWinMixer(TokenMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
+        if symbolic(H, W):  # raised while exporting: swinkit export then fixes the size, with this reason
+            raise NotImplementedError("cswin's stripes span the whole map (as many tokens as its height or width), "
+                                      "which the export does not make symbolic yet")
         qkv = self.qkv(x).view(B, H, W, 3, C)
         c = C // self.branches
         out = torch.cat([self.branch(qkv[..., i * c:(i + 1) * c].reshape(B, H, W, 3 * c), i, stripe)

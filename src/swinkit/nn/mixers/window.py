@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from ..attention import BIAS_CACHE_MAX_MB, WindowAttention, tracing
-from ..windows import (Pair, attention_mask, mask_from_labels, needs_mask, pad_to, padded_size, window_and_shift,
-                       window_groups, window_labels, window_order)
+from ..windows import (Pair, attention_mask, graph_windows, mask_from_labels, needs_mask, pad_to, padded_size, symbolic,
+                       window_and_shift, window_groups, window_labels, window_order)
 from . import MixerSpec, TokenMixer, register_mixer
 
 # CPU inference runs a whole block on this many tokens at a time (rounded down to windows): every intermediate
@@ -82,12 +82,26 @@ class WindowMixer(WindowAttention, TokenMixer):
         layout; shift and partition (and their reverse) are one precomputed gather each."""
         B, *S, C = x.shape
         feat = tuple(S)
+        if symbolic(feat):
+            return self.forward_in_graph(x)
         win, shift = self.window_and_shift(*feat)
         to_windows, from_windows = window_order(feat, win, shift, x.device)
         x = pad_to(x, padded_size(feat, win)).reshape(B, -1, C)  # (B, L padded, C)
         windows = x.index_select(1, to_windows).view(B, -1, math.prod(win), C)  # (B, nW, N, C)
         out = self.window_attention(windows, feat, win, shift)
         return out.view(B, -1, C).index_select(1, from_windows).view(B, *S, C)
+
+    def forward_in_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """forward for symbolic sizes (torch.export with dynamic shapes): the layout, mask and position bias computed
+        in the graph from x's shape (nn.windows.graph_windows), so that the exported file takes any size."""
+        B, *S, C = x.shape
+        g = graph_windows(tuple(S), self.window, self.shift, self.window_mode == "clamp", self.mask_padding, x.device)
+        N = math.prod(self.window)
+        windows = pad_to(x, g.padded).reshape(B, -1, C).index_select(1, g.to_windows).view(-1, N, C)  # (B*nW, N, C)
+        bias = self.padded_position_bias(g.real)
+        bias = self.add_mask(None if bias is None else bias[None], mask_from_labels(g.labels), x.dtype)
+        out = self.attend(windows, bias)  # window i of an image takes bias[i % nW]
+        return out.view(B, -1, C).index_select(1, g.from_windows).view(B, *S, C)
 
     def window_attention(self, windows: torch.Tensor, feat: Pair, win: Pair, shift: Pair) -> torch.Tensor:
         """(B, nW, N, C) -> (B, nW, N, C). Windows go through attention in chunks whose attention matrices
@@ -177,3 +191,9 @@ class GlobalMixer(WindowMixer):
 
     def window_and_shift(self, *feat: int) -> tuple[Pair, Pair]:
         return tuple(feat), (0,) * len(feat)
+
+    def forward_in_graph(self, x: torch.Tensor) -> torch.Tensor:
+        """One window of symbolic size: no layout, no mask; the V2 bias computed in the graph."""
+        B, *S, C = x.shape
+        bias = self.position_bias(tuple(S))  # (h, N, N) or None
+        return self.attend(x.reshape(B, -1, C), None if bias is None else bias[None]).view(B, *S, C)
