@@ -16,7 +16,9 @@ V1, C 64, depths 2-2, heads 2-4, 32x32). For each ratio R, with the commands a u
    swinkit.tools.export.export, reshaped to a static batch and compiled for "CPU" with the LATENCY hint), at batch 1
    and 16. Every round times every model at every batch (the order rotating between rounds, so the unpruned model
    is interleaved with the pruned ones); the table holds the medians of --rounds rounds and the speedups against
-   the unpruned model of the same run.
+   the unpruned model of the same run. One thread (--threads 1) by default: this 2-core host is shared, other jobs
+   hold a core, and two OpenMP threads then wait for each other at every small op (the student at batch 1 on
+   2026-12-08, load average 1.2-2.4: median 320 ms per call with 2 threads, 3.8 ms with 1).
 Finished rows are kept in prune.csv and not redone while their weights are unchanged (delete a row, or the file, to
 measure it again); pruned and fine-tuned runs are reused while they are newer than the checkpoint they come from.
 
@@ -48,7 +50,7 @@ BATCHES = (1, 16)
 TIMED = [f"{kind}_b{b}_ms" for kind in ("eager", "ov") for b in BATCHES]
 FIELDS = ["model", "ratio", "finetune_epochs", "finetune_min", "params", "heads", "mlp_units", "mmacs", "top1",
           "top5", *TIMED, *[t.replace("_ms", "_speedup") for t in TIMED], "ov_max_abs_diff", "rounds", "threads",
-          "cpu", "date", "weights_mtime"]
+          "load", "cpu", "date", "weights_mtime"]
 
 
 def swinkit(*args: str) -> str:
@@ -125,8 +127,6 @@ def models(ratios: list[float], epochs: int) -> dict[str, tuple[Path, float, int
 
 def describe(name: str, run: Path, ratio: float, epochs: int) -> dict:
     """A row without its timings: sizes, val accuracy, the fine-tune's minutes."""
-    import torch
-
     from swinkit.counting import count_macs
     from swinkit.inference.load import load_trained
     from swinkit.tools.prune import count
@@ -139,7 +139,7 @@ def describe(name: str, run: Path, ratio: float, epochs: int) -> dict:
     return {"model": name, "ratio": ratio, "finetune_epochs": epochs,
             "finetune_min": round(summary["wall_seconds"] / 60, 2) if epochs else "", "params": params,
             "heads": heads, "mlp_units": units, "mmacs": round(count_macs(model, model.cfg.img_size) / 1e6, 2),
-            "top1": round(result["top1"], 2), "top5": round(result["top5"], 2), "threads": torch.get_num_threads()}
+            "top1": round(result["top1"], 2), "top5": round(result["top5"], 2)}
 
 
 def export_onnx(run: Path) -> Path:
@@ -167,7 +167,8 @@ def time_models(job: dict) -> dict:
     from swinkit.inference.load import load_trained
 
     core = ov.Core()
-    threads = torch.get_num_threads()
+    threads = job["threads"]
+    torch.set_num_threads(threads)
     runners, diffs = {}, {}
     for name, (run, onnx) in job["models"].items():
         model = load_trained(run).model
@@ -185,6 +186,7 @@ def time_models(job: dict) -> dict:
             runners[(name, "ov", b)] = (lambda c, x: lambda: c([x]))(compiled, x.numpy())
     times: dict = {k: [] for k in runners}
     keys = list(runners)
+    load = os.getloadavg()[0]
     with torch.inference_mode():
         for k in keys:  # warm-up
             for _ in range(3):
@@ -196,16 +198,17 @@ def time_models(job: dict) -> dict:
                 for _ in range(n):
                     runners[k]()
                 times[k].append((time.perf_counter() - start) / n * 1e3)
-    out = {name: {"ov_max_abs_diff": f"{diffs[name]:.1e}"} for name in job["models"]}
+    load = f"{load:.1f}-{os.getloadavg()[0]:.1f}"  # 1-minute load average at the start and end
+    out = {name: {"ov_max_abs_diff": f"{diffs[name]:.1e}", "load": load} for name in job["models"]}
     for (name, kind, b), t in times.items():
         out[name][f"{kind}_b{b}_ms"] = round(statistics.median(t), 3)
     return out
 
 
-def timed(todo: dict[str, Path], rounds: int) -> dict:
+def timed(todo: dict[str, Path], rounds: int, threads: int) -> dict:
     """time_models on the student and `todo` in a fresh process under flock (so no other timing run overlaps)."""
     job = {"models": {n: [str(run), str(export_onnx(run))] for n, run in {"unpruned": STUDENT, **todo}.items()},
-           "rounds": rounds}
+           "rounds": rounds, "threads": threads}
     WORK.mkdir(parents=True, exist_ok=True)
     job_file, result_file = WORK / "timing_job.json", WORK / "timing_result.json"
     job_file.write_text(json.dumps(job))
@@ -222,8 +225,9 @@ def write_md(rows: dict[str, dict], cpu: tuple[str, str], epochs: int) -> None:
             "OpenVINO b1 ms", "OpenVINO b16 ms"]
     first = next(iter(rows.values()))
     lines = ["# Structured pruning of the cifar10-mini student (benchmarks/prune.py)", "",
-             f"CPU: {cpu[0]}, {os.cpu_count()} cores ({cpu[1]}); {first['threads']} threads (torch and OpenVINO); "
-             f"float32 everywhere; measured {first['date']}. Latency: median ms per call over {first['rounds']} "
+             f"CPU: {cpu[0]}, {os.cpu_count()} cores ({cpu[1]}); {first['threads']} thread(s) (torch and OpenVINO); "
+             f"float32 everywhere; measured {first['date']}, 1-minute load average {first['load']} during the timing. "
+             f"Latency: median ms per call over {first['rounds']} "
              "interleaved rounds, in brackets the speedup against the unpruned model of the same run. Fine-tune: "
              f"`swinkit train --pretrained PRUNED --recipe small --epochs {epochs} --warmup-epochs 0.5 --lr 5e-4` "
              "on cifar10-mini's 10,000 training images; val top-1 on its 2,000 val images (`swinkit eval`).", "",
@@ -270,6 +274,8 @@ def main() -> None:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--epochs", type=int, default=4, help="fine-tune epochs (about 3 minutes on 2 cores)")
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1, help="torch and OpenVINO threads in the timed section (module "
+                                                         "docstring: why 1)")
     p.add_argument("--time", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)  # the timed process
     args = p.parse_args()
     if args.time:
@@ -281,16 +287,17 @@ def main() -> None:
     todo = {}
     for name, (run, ratio, epochs) in models(args.ratios, args.epochs).items():
         stamp = str((run / "best.pt").stat().st_mtime_ns)
-        if name in rows and rows[name].get("weights_mtime") == stamp and all(rows[name].get(t) for t in TIMED):
-            continue  # finished, on the same weights
-        rows[name] = {**describe(name, run, ratio, epochs), "cpu": cpu[0], "weights_mtime": stamp}
-        todo[name] = run
+        if rows.get(name, {}).get("weights_mtime") != stamp:  # new weights: sizes and accuracy again
+            rows[name] = {**describe(name, run, ratio, epochs), "cpu": cpu[0], "weights_mtime": stamp}
+            write_rows(rows)
+        if not all(rows[name].get(t) for t in TIMED) or str(rows[name].get("threads")) != str(args.threads):
+            todo[name] = run
     if todo:
-        times = timed({n: r for n, r in todo.items() if n != "unpruned"}, args.rounds)
+        times = timed({n: r for n, r in todo.items() if n != "unpruned"}, args.rounds, args.threads)
         base = times["unpruned"]
         date = datetime.date.today().isoformat()
         for name in todo:
-            rows[name].update(times[name], date=date, rounds=args.rounds)
+            rows[name].update(times[name], date=date, rounds=args.rounds, threads=args.threads)
             for t in TIMED:
                 rows[name][t.replace("_ms", "_speedup")] = round(base[t] / times[name][t], 3)
         write_rows(rows)
