@@ -243,26 +243,27 @@ def write_md(rows: dict[str, dict], cpu: tuple[str, str], epochs: int) -> None:
 
 
 def write_png(rows: dict[str, dict]) -> None:
+    """Val top-1 against ms per call: one panel per runtime and batch; each point labelled with its pruning ratio
+    (+ft: fine-tuned)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, kind, title in zip(axes, ("eager", "ov"), ("eager PyTorch fp32", "OpenVINO fp32")):
-        for b, marker in zip(BATCHES, ("o", "s")):
-            xs = [float(r[f"{kind}_b{b}_ms"]) / b for r in rows.values()]
-            ys = [float(r["top1"]) for r in rows.values()]
-            ax.scatter(xs, ys, marker=marker, label=f"batch {b}")
-            for x, y, name in zip(xs, ys, rows):
-                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("ms per image (median)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("val top-1 %")
-    fig.suptitle("Pruning the cifar10-mini student: accuracy against CPU latency")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), sharey=True)
+    labels = [f"{float(r['ratio']):g}" + (" +ft" if "fine-tune" in r["model"] else "") for r in rows.values()]
+    ys = [float(r["top1"]) for r in rows.values()]
+    for (kind, title), row in zip((("eager", "eager PyTorch fp32"), ("ov", "OpenVINO fp32")), axes):
+        for b, ax in zip(BATCHES, row):
+            xs = [float(r[f"{kind}_b{b}_ms"]) for r in rows.values()]
+            ax.scatter(xs, ys, c=["C0" if "+ft" in label else "C1" for label in labels])
+            for x, y, label in zip(xs, ys, labels):
+                ax.annotate(label, (x, y), fontsize=8, xytext=(4, 2), textcoords="offset points")
+            ax.set_title(f"{title}, batch {b}")
+            ax.set_xlabel("ms per call (median)")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("val top-1 %")
+    fig.suptitle("Pruning the cifar10-mini student (label: share of heads and MLP units removed; +ft: fine-tuned)")
     fig.tight_layout()
     tmp = PNG.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
